@@ -1,0 +1,183 @@
+"""Lifecycle of the daemon: start components in order, tell systemd, stop them in reverse on SIGTERM.
+
+Every long-lived component is an async context manager entered on one ``AsyncExitStack``; their tasks
+run under the event loop until the stop event is set, and leaving the stack stops them in reverse order
+(devices, then the API, then the broker link with its "offline" status, then the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, Info
+
+from daemon import __version__
+from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
+from daemon.config import Config, parse_listen
+from daemon.mqtt import BrokerLink, BrokerState
+from daemon.openapi import Routes
+from daemon.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+READY_WAIT_FOR_BROKER_S = 5.0
+
+
+def ensure_admin_token(path: Path) -> str:
+    """The operator's bearer token; created once with mode 0600 and never rewritten."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return token
+
+
+@dataclass
+class Node:
+    """The running daemon's parts, as the HTTP handlers and tests see them."""
+
+    config: Config
+    registry: CollectorRegistry
+    readiness: Readiness
+    notifier: Notifier
+    stop: asyncio.Event
+    broker: BrokerLink | None = None
+    api: ApiServer | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    status_parts: list[Callable[[], str]] = field(default_factory=list)
+    liveness_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def topic_base(self) -> str:
+        return f"{self.config.mqtt.topic_root}/{self.config.node.id}"
+
+    def status_line(self) -> str:
+        return "; ".join(part() for part in self.status_parts)
+
+
+async def run(config: Config, *, stop: asyncio.Event | None = None, notifier: Notifier | None = None) -> int:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    notifier = notifier or Notifier()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    registry = CollectorRegistry()
+    Info("mycoedge_build", "Version of the running daemon", registry=registry).info(
+        {"version": __version__, "node_id": config.node.id}
+    )
+    node = Node(config=config, registry=registry, readiness=Readiness(), notifier=notifier, stop=stop)
+    try:
+        async with AsyncExitStack() as stack:
+            await _start(node, stack)
+            await stop.wait()
+            log.info("stopping")
+            notifier.stopping()
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+        notifier.close()
+
+
+async def _start(node: Node, stack: AsyncExitStack) -> None:
+    config = node.config
+    config.node.state_dir.mkdir(parents=True, exist_ok=True)
+    admin_token = await asyncio.to_thread(ensure_admin_token, config.admin_token_path)
+    readiness = node.readiness
+    readiness.require("api")
+
+    if config.mqtt.enabled:
+        readiness.require("mqtt")
+        node.broker = BrokerLink(
+            host=config.mqtt.host,
+            port=config.mqtt.port,
+            client_id=f"mycoedge-{config.node.id}",
+            status_topic=f"{node.topic_base}/status",
+            username=config.mqtt.username,
+            password=config.mqtt.password,
+            keepalive_s=config.mqtt.keepalive_s,
+            reconnect_max_s=config.mqtt.reconnect_max_s,
+            registry=node.registry,
+        )
+        broker = node.broker
+        await stack.enter_async_context(broker)
+        node.status_parts.append(lambda: f"mqtt {broker.state}")
+
+        def follow(state: BrokerState) -> None:
+            if state == BrokerState.CONNECTED:
+                node.readiness.up("mqtt")
+            else:
+                node.readiness.down("mqtt", f"{state}: {broker.last_error}" if broker.last_error else str(state))
+
+        broker.on_state(follow)
+
+    tables: list[Routes] = []
+    listen = parse_listen(config.api.listen) if config.api.listen else None
+    socket_path = config.socket_path if config.api.unix_socket else None
+    app = build_app(
+        tables=tables,
+        resolvers=[AdminTokenResolver(admin_token)],
+        readiness=readiness,
+        registry=node.registry,
+    )
+    node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
+    readiness.up("api")
+    log.info("API on %s", ", ".join(node.api.bound))
+
+    if node.broker is not None:
+        # READY waits a moment for the broker so a normal start is "ready" at once; a broker that is
+        # down does not hold the node hostage: /readyz names it and the link keeps retrying.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_WAIT_FOR_BROKER_S):
+                await node.broker.connected.wait()
+
+    stack.push_async_callback(_cancel, asyncio.create_task(_watchdog(node), name="watchdog"))
+    Gauge("mycoedge_uptime_seconds", "Seconds since the daemon started", registry=node.registry).set_function(
+        lambda: time.monotonic() - node.started_at
+    )
+    node.notifier.ready(node.status_line())
+    log.info("ready: %s", node.status_line() or "no components")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _watchdog(node: Node) -> None:
+    """WATCHDOG=1 only while the loop turns and every liveness check (e.g. the store) answers."""
+    interval = node.notifier.watchdog_interval_s or 10.0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with asyncio.timeout(interval):
+                for check in node.liveness_checks:
+                    await check()
+        except Exception as exc:  # a hung store must let systemd restart us
+            log.warning("liveness check failed, withholding the watchdog ping: %s", exc)
+            continue
+        node.notifier.watchdog()
+        node.notifier.status(node.status_line())

@@ -1,0 +1,74 @@
+"""The ``mycoedge`` command line: run the daemon, check the config, run the demo, and operator verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon import __version__
+from daemon import config as config_mod
+from daemon.errors import ConfigError
+
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd does not restart on it with RestartPreventExitStatus
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"config file (default {config_mod.DEFAULT_CONFIG_PATH}, env MYCOEDGE_CONFIG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mycoedge", description="mycoedge edge daemon")
+    parser.add_argument("--version", action="version", version=f"mycoedge {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    _add_config_arg(run)
+
+    cfg = verbs.add_parser("config", help="configuration tools")
+    cfg_verbs = cfg.add_subparsers(dest="config_verb", required=True)
+    check = cfg_verbs.add_parser("check", help="print the merged config, or every error with its key")
+    _add_config_arg(check)
+
+    demo = verbs.add_parser("demo", help="run a complete node on embedded defaults (broker, stubs, TPM sim)")
+    demo.add_argument("--dir", type=Path, default=None, help="state directory (default ~/.local/state/mycoedge-demo)")
+    demo.add_argument("--api-port", type=int, default=8787, help="HTTP API port on 127.0.0.1 (0 = any free)")
+    demo.add_argument("--boards", type=int, default=2, help="simulated MycoBrain boards to start")
+    return parser
+
+
+def _load_or_report(path: Path | None) -> config_mod.Config | None:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        print("invalid configuration:", file=sys.stderr)
+        for key, message in exc.problems:
+            print(f"  {key}: {message}", file=sys.stderr)
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verb == "config":
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EX_CONFIG
+        print(json.dumps(config_mod.to_mapping(loaded), indent=2))
+        return 0
+    if args.verb == "run":
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EX_CONFIG
+        from daemon import app, logs
+
+        logs.setup(loaded.logging.level, as_json=loaded.logging.json)
+        return asyncio.run(app.run(loaded))
+    if args.verb == "demo":
+        from daemon import demo
+
+        return demo.main(args)
+    return 2  # pragma: no cover - argparse enforces a verb

@@ -1,0 +1,76 @@
+"""``mycoedge demo``: a complete node on embedded defaults, for a first look and for development.
+
+It starts, as its own children, a Mosquitto broker on a free loopback port (or runs with MQTT off and
+says how to install it), the firmware stubs as separate processes (exactly as real boards appear: a
+serial port each), and the daemon itself with its state in a user-writable directory. Ctrl-C stops all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from daemon import app, logs
+from daemon import config as config_mod
+from daemon.mosquitto import BrokerProcessError, MosquittoProcess, free_port
+
+log = logging.getLogger(__name__)
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mycoedge-demo"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main(args: argparse.Namespace) -> int:
+    logs.setup("INFO")
+    workdir: Path = args.dir or default_dir()
+    workdir.mkdir(parents=True, exist_ok=True)
+    api_port: int = args.api_port
+    if api_port == 0 or not _port_free(api_port):
+        chosen = free_port()
+        if api_port:
+            print(f"port {api_port} is busy; the API uses {chosen} instead")
+        api_port = chosen
+    raw: dict[str, Any] = {
+        "node": {"id": "demo-node", "state_dir": str(workdir / "state"), "runtime_dir": str(workdir / "run")},
+        "api": {"listen": f"127.0.0.1:{api_port}"},
+        "mqtt": {"enabled": False},
+    }
+    with ExitStack() as children:
+        try:
+            broker = MosquittoProcess(workdir / "mosquitto")
+            broker.start()
+            children.callback(broker.stop)
+            raw["mqtt"] = {"enabled": True, "host": broker.host, "port": broker.port}
+            broker_line = f"mqtt://{broker.host}:{broker.port}  (try: mosquitto_sub -p {broker.port} -t '#' -v)"
+        except BrokerProcessError as exc:
+            broker_line = f"off ({exc})"
+        config = config_mod.from_mapping(raw)
+        token = app.ensure_admin_token(config.admin_token_path)
+        print("mycoedge demo")
+        print(f"  API     http://127.0.0.1:{api_port}  (try: curl http://127.0.0.1:{api_port}/readyz)")
+        print(f"  socket  {config.socket_path}")
+        print(f"  broker  {broker_line}")
+        print(f"  token   {config.admin_token_path}  (Authorization: Bearer {token[:6]}...)")
+        print(f"  state   {config.node.state_dir}")
+        print("  Ctrl-C stops everything the demo started.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(app.run(config))
+    return 0

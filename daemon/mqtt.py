@@ -1,0 +1,248 @@
+"""The daemon's link to the local Mosquitto broker.
+
+Reconnection is an explicit state machine (as aioesphomeapi's ``ReconnectLogic``): CONNECTING → CONNECTED
+→ BACKOFF (capped, jittered) → CONNECTING. On every connect the node's retained ``status`` goes to
+``online``, subscriptions are renewed and the connect hooks republish retained availability; the broker
+publishes ``offline`` (the last will) if the daemon dies without a clean disconnect, and the daemon
+publishes it itself when it stops in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+class BrokerState(StrEnum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+def backoff_delay(attempt: int, *, cap_s: float, rand: Callable[[], float], base_s: float = 0.2) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, never above ``cap_s``."""
+    ceiling = min(cap_s, base_s * (2 ** min(attempt, 30)))
+    return float(ceiling / 2 + rand() * ceiling / 2)
+
+
+class BrokerLink:
+    """One supervised MQTT connection; an async context manager that owns its task."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        status_topic: str,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 30,
+        reconnect_max_s: float = 30.0,
+        registry: CollectorRegistry | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._client_id = client_id
+        self.status_topic = status_topic
+        self._username = username or None
+        self._password = password or None
+        self._keepalive_s = keepalive_s
+        self._reconnect_max_s = reconnect_max_s
+        self._rand = rand
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._hooks: list[ConnectHook] = []
+        self._state_listeners: list[Callable[[BrokerState], None]] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.state = BrokerState.DISCONNECTED
+        self.last_error = ""
+        self._connects = Counter("mycoedge_mqtt_connects", "Successful broker connections", registry=registry)
+        self._dropped = Counter(
+            "mycoedge_mqtt_publish_dropped", "Publishes dropped while the broker was unreachable",
+            registry=registry,
+        )
+        self._state_gauge = Gauge(
+            "mycoedge_mqtt_connected", "1 while connected to the broker", registry=registry
+        )
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Register a handler; the subscription is (re)made on every connect."""
+        self._handlers.append((topic_filter, handler))
+
+    def on_state(self, listener: Callable[[BrokerState], None]) -> None:
+        """Called on every state change, on the loop; must not block."""
+        self._state_listeners.append(listener)
+
+    def on_connect(self, hook: ConnectHook) -> None:
+        """Run after every (re)connect, e.g. to republish retained device availability."""
+        self._hooks.append(hook)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: str | bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> bool:
+        """Publish if connected; returns False (and counts it) when the broker is unreachable.
+
+        Live MQTT traffic is not spooled: the store and the uplink keep what must not be lost.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set():
+            self._dropped.inc()
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except aiomqtt.MqttError as exc:
+            log.debug("publish to %s failed: %s", topic, exc)
+            self._dropped.inc()
+            return False
+        return True
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._supervise(), name="mqtt-link")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            # The connection leaves its ``async with`` normally (a clean DISCONNECT, so no will); the
+            # timeout only guards against a broker that stopped answering.
+            try:
+                async with asyncio.timeout(3):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self._set_state(BrokerState.STOPPED)
+
+    def wake(self) -> None:
+        """Cut a backoff short (e.g. the operator restarted the broker)."""
+        self._wake.set()
+
+    def _set_state(self, state: BrokerState) -> None:
+        if state == self.state:
+            return
+        log.debug("mqtt link %s -> %s", self.state, state)
+        self.state = state
+        self._state_gauge.set(1 if state == BrokerState.CONNECTED else 0)
+        for listener in self._state_listeners:
+            listener(state)
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            self._set_state(BrokerState.CONNECTING)
+            try:
+                await self._connect_once()
+            except aiomqtt.MqttError as exc:
+                if str(exc) != self.last_error:
+                    log.warning("broker %s:%d unreachable: %s", self._host, self._port, exc)
+                self.last_error = str(exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+            if self._stopping.is_set():
+                return
+            if self.state == BrokerState.CONNECTED:
+                attempt = 0
+            self._set_state(BrokerState.BACKOFF)
+            delay = backoff_delay(attempt, cap_s=self._reconnect_max_s, rand=self._rand)
+            attempt += 1
+            if not self._stopping.is_set():
+                self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def _connect_once(self) -> None:
+        will = aiomqtt.Will(self.status_topic, "offline", qos=1, retain=True)
+        async with aiomqtt.Client(
+            self._host,
+            self._port,
+            identifier=self._client_id,
+            username=self._username,
+            password=self._password,
+            will=will,
+            keepalive=self._keepalive_s,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=5,
+        ) as client:
+            self._client = client
+            await client.publish(self.status_topic, "online", qos=1, retain=True)
+            for topic_filter, _ in self._handlers:
+                await client.subscribe(topic_filter, qos=1)
+            self._set_state(BrokerState.CONNECTED)
+            self.connected.set()
+            self._connects.inc()
+            if self.last_error:
+                log.info("broker %s:%d connected again", self._host, self._port)
+            self.last_error = ""
+            for hook in self._hooks:
+                await hook()
+            receiver = asyncio.create_task(self._receive(client), name="mqtt-receive")
+            stopping = asyncio.create_task(self._stopping.wait(), name="mqtt-stop")
+            try:
+                await asyncio.wait([receiver, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                receiver.cancel()
+                await asyncio.gather(receiver, stopping, return_exceptions=True)
+            if self._stopping.is_set():
+                # A clean stop says "offline" itself; the broker sends the will only on an unclean loss.
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await client.publish(self.status_topic, "offline", qos=1, retain=True)
+            elif not receiver.cancelled() and receiver.exception() is not None:
+                raise receiver.exception()  # type: ignore[misc]  # the MqttError that ended the connection
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        # Handlers run concurrently (a device command waits seconds for its ACK) but die with the connection.
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            async for message in client.messages:
+                task = asyncio.create_task(self._dispatch(message), name=f"mqtt-handler {message.topic}")
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        for topic_filter, handler in self._handlers:
+            if message.topic.matches(topic_filter):
+                try:
+                    await handler(message)
+                except Exception:
+                    # One bad message (or handler bug) must not take the broker link down.
+                    log.exception("handler for %s failed on %s", topic_filter, message.topic)
