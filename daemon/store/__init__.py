@@ -1,0 +1,224 @@
+"""The local store: one SQLite file holding memory, the MAIF block log, the audit trail and the outbox.
+
+``Store`` is an async context manager; every setting is a keyword-only constructor argument (the
+coordinator maps the config file onto them). All SQLite work runs on the store's own threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from daemon.store.audit import AuditLog, AuditRecord
+from daemon.store.blocklog import Block, BlockInfo, BlockInput, BlockLog, Checkpointer, VerifyReport
+from daemon.store.db import Database, IntegrityMode
+from daemon.store.embedders import Embedder
+from daemon.store.errors import StoreClosedError, StoreError
+from daemon.store.memory import Memory, MemoryItem, SearchHit
+from daemon.store.outbox import Outbox, OutboxRecord, OutboxStats
+from daemon.store.signing import Ed25519Signer, PayloadCipher, Signer, load_encryption_key
+
+if TYPE_CHECKING:
+    from drivers.model import Reading
+
+__all__ = [
+    "AuditRecord", "Block", "BlockInfo", "BlockInput", "Ed25519Signer", "Embedder", "MemoryItem",
+    "OutboxRecord", "OutboxStats", "SearchHit", "Signer", "Store", "StoreError", "VerifyReport",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """The node's durable state. ``async with Store(path, signer=...) as store:``.
+
+    Settings (all keyword-only, defaults in brackets): ``signer`` (required), ``encryption_key`` [None]
+    (32 bytes, or a path to a 0600 key file), ``encrypt_blocks`` [True when a key is given],
+    ``embedder`` [None = caller supplies vectors], ``embedding_dim`` [384], ``integrity_check``
+    ["full" | "quick" | "off"], ``chunk_chars`` [1500], ``chunk_overlap`` [200], ``ttl_sweep_s`` [60],
+    ``max_group`` [2048], ``clock`` [time.time].
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        signer: Signer,
+        encryption_key: bytes | str | Path | None = None,
+        encrypt_blocks: bool | None = None,
+        embedder: Embedder | None = None,
+        embedding_dim: int = 384,
+        integrity_check: IntegrityMode = "full",
+        chunk_chars: int = 1500,
+        chunk_overlap: int = 200,
+        ttl_sweep_s: float = 60.0,
+        max_group: int = 2048,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.signer = signer
+        if isinstance(encryption_key, str | Path):
+            encryption_key = load_encryption_key(encryption_key)
+        self._cipher = PayloadCipher(encryption_key) if encryption_key is not None else None
+        self._clock = clock
+        self._ttl_sweep_s = ttl_sweep_s
+        self.db = Database(self.path, integrity=integrity_check, max_group=max_group)
+        self._ckpt = Checkpointer(signer, clock)
+        self.db.add_hooks(before_commit=self._ckpt.before_commit, after_rollback=self._ckpt.after_rollback)
+        self.blocks = BlockLog(
+            self.db, self._ckpt, cipher=self._cipher,
+            encrypt_by_default=self._cipher is not None if encrypt_blocks is None else encrypt_blocks,
+            clock=clock,
+        )
+        self.audit = AuditLog(self.db, self._ckpt, clock)
+        self.outbox = Outbox(self.db, clock)
+        self.memory = Memory(
+            self.db, embedder=embedder, dim=embedding_dim, chunk_chars=chunk_chars, chunk_overlap=chunk_overlap,
+            clock=clock,
+        )
+        self._tasks: asyncio.TaskGroup | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Store:
+        await self.db.open()
+        try:
+            await self.db.write(self._setup)
+        except BaseException:
+            await self.db.close()
+            raise
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        if self._ttl_sweep_s > 0:
+            self._sweeper = self._tasks.create_task(self._sweep_expired(), name="store-ttl-sweeper")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._tasks is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks.__aexit__(None, None, None)
+        self._tasks = None
+        self._sweeper = None
+        await self.memory.aclose()
+        await self.db.close()
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        self._ckpt.register_signer(conn)
+        self.blocks.setup(conn)
+        self.audit.setup(conn)
+        self.memory.setup(conn)
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_sweep_s)
+            try:
+                removed = await self.memory.purge_expired()
+            except StoreClosedError:
+                return
+            except StoreError as exc:
+                log.warning("ttl sweep failed", extra={"error": str(exc)})
+                continue
+            if removed:
+                log.debug("expired memories removed", extra={"count": removed})
+
+    # -- block log -------------------------------------------------------------------------------
+
+    async def append_block(
+        self, fourcc: str, payload: bytes, *, metadata: Mapping[str, Any] | None = None,
+        encrypt: bool | None = None,
+    ) -> BlockInfo:
+        """Append one MAIF block; returns once durable and signed (by the group's checkpoint)."""
+        return await self.blocks.append(fourcc, payload, metadata=metadata, encrypt=encrypt)
+
+    async def append_blocks(self, items: Sequence[BlockInput]) -> list[BlockInfo]:
+        return await self.blocks.append_many(items)
+
+    async def verify_blocks(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        return await self.blocks.verify(progress)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    async def audit_append(
+        self, kind: str, actor: str, subject: str, data: Mapping[str, Any] | None = None
+    ) -> AuditRecord:
+        return await self.audit.audit_append(kind, actor, subject, data)
+
+    async def audit_list(self, **filters: Any) -> list[AuditRecord]:
+        return await self.audit.audit_list(**filters)
+
+    async def audit_verify(self) -> VerifyReport:
+        return await self.audit.audit_verify()
+
+    # -- outbox (the uplink's API) ---------------------------------------------------------------
+
+    async def outbox_append(self, stream: str, records: Sequence[tuple[str, bytes]]) -> None:
+        await self.outbox.outbox_append(stream, records)
+
+    async def outbox_peek(self, stream: str, *, limit: int, max_bytes: int) -> list[OutboxRecord]:
+        return await self.outbox.outbox_peek(stream, limit=limit, max_bytes=max_bytes)
+
+    async def outbox_ack(self, stream: str, upto_seq: int) -> int:
+        return await self.outbox.outbox_ack(stream, upto_seq)
+
+    async def outbox_stats(self) -> dict[str, OutboxStats]:
+        return await self.outbox.outbox_stats()
+
+    async def outbox_drop_oldest(self, stream: str, *, count: int) -> int:
+        return await self.outbox.outbox_drop_oldest(stream, count=count)
+
+    async def outbox_drop_before(self, stream: str, *, created_before: float) -> int:
+        return await self.outbox.outbox_drop_before(stream, created_before=created_before)
+
+    # -- readings sink ---------------------------------------------------------------------------
+
+    async def store_readings(self, readings: Sequence[Reading]) -> None:
+        """Store a batch of device readings, each with its ``telemetry`` outbox record, atomically."""
+        if not readings:
+            return
+        created = self._clock()
+        rows = []
+        outbox_rows = []
+        for r in readings:
+            quantities = {name: {"value": q.value, "unit": q.unit} for name, q in r.quantities.items()}
+            q_json = json.dumps(quantities, sort_keys=True)
+            meta_json = json.dumps(dict(r.meta), sort_keys=True, default=str)
+            rows.append((r.device_id, r.sensor, r.ts, r.seq, int(r.valid), q_json, meta_json))
+            payload = json.dumps(
+                {"device_id": r.device_id, "sensor": r.sensor, "ts": r.ts, "seq": r.seq, "valid": r.valid,
+                 "quantities": quantities, "meta": json.loads(meta_json)},
+                sort_keys=True, separators=(",", ":"),
+            ).encode()
+            outbox_rows.append(("telemetry", f"{r.device_id}:{r.sensor}:{r.seq}:{r.ts!r}", payload, created, len(payload)))
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO readings(device_id, sensor, ts, seq, valid, quantities, meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(
+                "INSERT INTO outbox(stream, record_id, payload, created, nbytes) VALUES (?, ?, ?, ?, ?)", outbox_rows
+            )
+
+        await self.db.write(run)
+
+    async def readings_count(self) -> int:
+        return await self.db.read(lambda c: int(c.execute("SELECT count(*) FROM readings").fetchone()[0]))
+
+    # -- integrity -------------------------------------------------------------------------------
+
+    async def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` lines (``["ok"]`` when healthy), run on the reader thread."""
+        return await self.db.read(lambda c: [str(r[0]) for r in c.execute("PRAGMA integrity_check")])

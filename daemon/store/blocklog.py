@@ -1,0 +1,501 @@
+"""The MAIF block log: FourCC-typed blocks in a SHA-256 chain, signed per group commit.
+
+Each block carries the MAIF reference's content hash (SHA-256 of the payload, folded with the canonical
+metadata JSON when there is metadata) and a chain hash::
+
+    chain_hash = SHA-256(prev_hash || seq || block_id || fourcc || flags || ts_us
+                         || len(payload) || len(metadata) || content_hash)
+
+with ``prev_hash`` the previous block's full 32-byte chain hash (zeros for the first). Before each group
+COMMIT the writer signs the chain head (``Checkpointer``), in the same transaction, so every block is
+covered by a signature as soon as it is durable, and a signature costs one Ed25519 operation per commit
+rather than per block. Verification recomputes every hash and checks every checkpoint, naming the first
+block that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import struct
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from daemon.store.errors import InvalidInputError, SignatureError, StoreError
+from daemon.store.outbox import block_record_size
+from daemon.store.signing import PayloadCipher, Signer, verify_signature
+
+if TYPE_CHECKING:
+    from daemon.store.db import Database
+
+ZERO_HASH = b"\x00" * 32
+
+# FourCC block types. The first four are the MAIF reference's SecureBlockType codes; the rest are ours.
+TEXT = "TEXT"
+EMBD = "EMBD"
+BINA = "BINA"
+META = "META"
+LIFE = "LIFE"  # lifecycle events of the node and its agents
+SENS = "SENS"  # sensor readings
+AUDT = "AUDT"  # audit records
+KNOWN_FOURCC = (TEXT, EMBD, BINA, META, LIFE, SENS, AUDT, "IMAG", "AUDI", "VIDE", "KNOW")
+
+# Block flags, numbered as the MAIF reference's BlockFlags so they export unchanged.
+FLAG_ENCRYPTED = 0x04
+FLAG_COMPRESSED = 0x08
+STORED_FLAGS = FLAG_ENCRYPTED | FLAG_COMPRESSED
+
+_FOURCC_RE = re.compile(r"^[A-Z0-9_ ]{4}$")
+_HEADER = struct.Struct(">Q16s4sIQII32s")
+_CKPT_DOMAIN = b"MYCOEDGE-CHECKPOINT-V1\x00"
+
+# Largest payload one block may carry: bounds memory on import and in the outbox rendering.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def canonical_metadata(metadata: Mapping[str, Any] | None) -> bytes:
+    """Metadata as the MAIF reference serialises it (``json.dumps(..., sort_keys=True)``).
+
+    Round-tripped once through JSON so that what we hash is exactly what a reader re-serialises.
+    """
+    if not metadata:
+        return b"{}"
+    try:
+        once = json.dumps(metadata, sort_keys=True, allow_nan=False)
+        return json.dumps(json.loads(once), sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"metadata is not JSON-serialisable: {exc}") from exc
+
+
+def content_hash(payload: bytes, metadata_json: bytes) -> bytes:
+    """The MAIF reference's content hash of a block (see ``SecureBlock.get_content_hash``)."""
+    digest = hashlib.sha256(payload).digest()
+    if metadata_json != b"{}":
+        digest = hashlib.sha256(digest + metadata_json).digest()
+    return digest
+
+
+def chain_hash(
+    prev_hash: bytes, seq: int, block_id: bytes, fourcc: str, flags: int, ts_us: int,
+    payload_len: int, metadata_len: int, chash: bytes,
+) -> bytes:
+    header = _HEADER.pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, payload_len, metadata_len, chash)
+    return hashlib.sha256(prev_hash + header).digest()
+
+
+def checkpoint_message(chain: str, upto_seq: int, head_hash: bytes) -> bytes:
+    return _CKPT_DOMAIN + chain.encode() + b"\x00" + struct.pack(">Q", upto_seq) + head_hash
+
+
+def check_fourcc(fourcc: str) -> str:
+    if not isinstance(fourcc, str) or not _FOURCC_RE.match(fourcc):
+        raise InvalidInputError(f"fourcc must be 4 characters A-Z, 0-9, '_' or space, got {fourcc!r}")
+    return fourcc
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInput:
+    """What a caller appends; ``block_id`` and ``ts_us`` are filled in when not given."""
+
+    fourcc: str
+    payload: bytes
+    metadata: Mapping[str, Any] | None = None
+    block_id: bytes | None = None
+    ts_us: int | None = None
+    encrypt: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfo:
+    """Where an appended block landed in the chain."""
+
+    seq: int
+    block_id: bytes
+    fourcc: str
+    ts_us: int
+    content_hash: bytes
+    chain_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A stored block exactly as kept in the database (payload still encrypted if flagged)."""
+
+    seq: int
+    block_id: bytes
+    fourcc: str
+    flags: int
+    ts_us: int
+    metadata: bytes
+    payload: bytes
+    content_hash: bytes
+    prev_hash: bytes
+    chain_hash: bytes
+
+    @property
+    def metadata_dict(self) -> dict[str, Any]:
+        value = json.loads(self.metadata)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+
+BLOCK_COLUMNS = "seq, block_id, fourcc, flags, ts_us, metadata, payload, content_hash, prev_hash, chain_hash"
+
+
+def block_from_row(row: Sequence[Any]) -> Block:
+    return Block(
+        int(row[0]), bytes(row[1]), str(row[2]), int(row[3]), int(row[4]), bytes(row[5]), bytes(row[6]),
+        bytes(row[7]), bytes(row[8]), bytes(row[9]),
+    )
+
+
+@dataclass(slots=True)
+class ChainHead:
+    """Writer-thread view of the end of one chain; ``dirty`` until the next checkpoint is written."""
+
+    seq: int
+    hash: bytes
+    dirty: bool = False
+
+
+class Checkpointer:
+    """Signs the head of every chain that moved, just before the group COMMIT (writer thread)."""
+
+    def __init__(self, signer: Signer, clock: Callable[[], float]) -> None:
+        self.signer = signer
+        self._clock = clock
+        self.heads: dict[str, ChainHead] = {}
+        self._loaders: dict[str, Callable[[sqlite3.Connection], ChainHead]] = {}
+
+    def register(self, chain: str, loader: Callable[[sqlite3.Connection], ChainHead], conn: sqlite3.Connection) -> None:
+        self._loaders[chain] = loader
+        self.heads[chain] = loader(conn)
+
+    def register_signer(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO signers(key_id, algorithm, public_key, added) VALUES (?, ?, ?, ?)",
+            (self.signer.key_id, self.signer.algorithm, self.signer.public_key, self._clock()),
+        )
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        for chain, head in self.heads.items():
+            if not head.dirty:
+                continue
+            try:
+                signature = self.signer.sign(checkpoint_message(chain, head.seq, head.hash))
+            except Exception as exc:
+                raise SignatureError(f"signer {self.signer.key_id} failed: {exc}") from exc
+            conn.execute(
+                "INSERT INTO checkpoints(chain, upto_seq, head_hash, key_id, signature, ts) VALUES (?, ?, ?, ?, ?, ?)",
+                (chain, head.seq, head.hash, self.signer.key_id, signature, self._clock()),
+            )
+            head.dirty = False
+
+    def after_rollback(self, conn: sqlite3.Connection) -> None:
+        """The group was rolled back: the in-memory heads must forget what was never committed."""
+        for chain, loader in self._loaders.items():
+            self.heads[chain] = loader(conn)
+
+
+def _load_block_head(conn: sqlite3.Connection) -> ChainHead:
+    row = conn.execute("SELECT seq, chain_hash FROM blocks ORDER BY seq DESC LIMIT 1").fetchone()
+    return ChainHead(0, ZERO_HASH) if row is None else ChainHead(int(row[0]), bytes(row[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """Outcome of a verification; ``first_bad`` is the seq (store) or index (file) of the first bad block."""
+
+    ok: bool
+    checked: int
+    first_bad: int | None = None
+    block_id: str | None = None
+    reason: str | None = None
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class BlockLog:
+    """Append, read and verify MAIF blocks; every write goes through the store's group commit."""
+
+    def __init__(
+        self,
+        db: Database,
+        checkpointer: Checkpointer,
+        *,
+        cipher: PayloadCipher | None,
+        encrypt_by_default: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._ckpt = checkpointer
+        self._cipher = cipher
+        self._encrypt_default = encrypt_by_default and cipher is not None
+        self._clock = clock
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        """Writer thread, at open: load the chain head."""
+        self._ckpt.register("maif", _load_block_head, conn)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _prepare(self, item: BlockInput, now_us: int) -> tuple[bytes, str, int, int, bytes, bytes, bytes]:
+        fourcc = check_fourcc(item.fourcc)
+        payload = bytes(item.payload)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidInputError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        block_id = item.block_id if item.block_id is not None else uuid.uuid4().bytes
+        if len(block_id) != 16:
+            raise InvalidInputError("block_id must be 16 bytes")
+        ts_us = item.ts_us if item.ts_us is not None else now_us
+        meta = canonical_metadata(item.metadata)
+        flags = 0
+        encrypt = self._encrypt_default if item.encrypt is None else item.encrypt
+        if encrypt:
+            if self._cipher is None:
+                raise InvalidInputError("encryption requested but the store has no encryption key")
+            payload = self._cipher.encrypt(payload, block_id)
+            flags |= FLAG_ENCRYPTED
+        return block_id, fourcc, flags, ts_us, meta, payload, content_hash(payload, meta)
+
+    def insert_prepared(
+        self,
+        conn: sqlite3.Connection,
+        prepared: Sequence[tuple[bytes, str, int, int, bytes, bytes, bytes]],
+    ) -> list[BlockInfo]:
+        """Insert already-hashed blocks and their outbox records (writer thread, inside a job)."""
+        head = self._ckpt.heads["maif"]
+        seq, prev = head.seq, head.hash
+        created = self._clock()
+        rows = []
+        outbox_rows = []
+        infos = []
+        for block_id, fourcc, flags, ts_us, meta, payload, chash in prepared:
+            seq += 1
+            chained = chain_hash(prev, seq, block_id, fourcc, flags, ts_us, len(payload), len(meta), chash)
+            rows.append((seq, block_id, fourcc, flags, ts_us, meta, payload, chash, prev, chained))
+            outbox_rows.append(
+                (block_id.hex(), seq, created, block_record_size(seq, flags, ts_us, len(meta), len(payload)))
+            )
+            infos.append(BlockInfo(seq, block_id, fourcc, ts_us, chash, chained))
+            prev = chained
+        conn.executemany(f"INSERT INTO blocks({BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO outbox(stream, record_id, ref_block, created, nbytes) VALUES ('maif', ?, ?, ?, ?)",
+            outbox_rows,
+        )
+        # Only now, with every insert done, does the in-memory head move (a failed job leaves it alone).
+        head.seq, head.hash, head.dirty = seq, prev, True
+        return infos
+
+    async def append(
+        self,
+        fourcc: str,
+        payload: bytes,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        block_id: bytes | None = None,
+        ts_us: int | None = None,
+        encrypt: bool | None = None,
+    ) -> BlockInfo:
+        """Append one block; returns once it, its checkpoint and its outbox record are durable."""
+        infos = await self.append_many([BlockInput(fourcc, payload, metadata, block_id, ts_us, encrypt)])
+        return infos[0]
+
+    async def append_many(self, items: Sequence[BlockInput]) -> list[BlockInfo]:
+        """Append blocks in order, all or none; durable on return."""
+        if not items:
+            return []
+        now_us = int(self._clock() * 1_000_000)
+        # Hashing and encryption run on the writer thread too, keeping the event loop free.
+        prepared_items = list(items)
+
+        def run(conn: sqlite3.Connection) -> list[BlockInfo]:
+            prepared = [self._prepare(item, now_us) for item in prepared_items]
+            return self.insert_prepared(conn, prepared)
+
+        return await self._db.write(run)
+
+    def decrypt(self, block: Block) -> bytes:
+        """The plaintext payload of a block (needs the encryption key when the block is encrypted)."""
+        if not block.encrypted:
+            return block.payload
+        if self._cipher is None:
+            raise StoreError(f"block {block.block_id.hex()} is encrypted and the store has no key")
+        return self._cipher.decrypt(block.payload, block.block_id)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self, block_id: bytes) -> Block | None:
+        def run(conn: sqlite3.Connection) -> Block | None:
+            row = conn.execute(f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
+            return None if row is None else block_from_row(row)
+
+        return await self._db.read(run)
+
+    async def list(
+        self, *, after_seq: int = 0, limit: int = 100, fourcc: str | None = None, since_us: int | None = None
+    ) -> list[Block]:
+        """Blocks in chain order after ``after_seq`` (cursor paging)."""
+        clauses = ["seq > ?"]
+        args: list[Any] = [after_seq]
+        if fourcc is not None:
+            clauses.append("fourcc = ?")
+            args.append(check_fourcc(fourcc))
+        if since_us is not None:
+            clauses.append("ts_us >= ?")
+            args.append(since_us)
+        args.append(max(0, min(limit, 10_000)))
+
+        def run(conn: sqlite3.Connection) -> list[Block]:
+            rows = conn.execute(
+                f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", args
+            ).fetchall()
+            return [block_from_row(r) for r in rows]
+
+        return await self._db.read(run)
+
+    async def count(self) -> int:
+        return await self._db.read(lambda conn: int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0]))
+
+    async def known_ids(self, ids: Sequence[bytes]) -> set[bytes]:
+        def run(conn: sqlite3.Connection) -> set[bytes]:
+            found: set[bytes] = set()
+            for start in range(0, len(ids), 500):
+                part = list(ids[start : start + 500])
+                marks = ",".join("?" * len(part))
+                found.update(
+                    bytes(r[0]) for r in conn.execute(f"SELECT block_id FROM blocks WHERE block_id IN ({marks})", part)
+                )
+            return found
+
+        return await self._db.read(run)
+
+    # -- verification ------------------------------------------------------------------------
+
+    async def verify(self, progress: ProgressCallback | None = None, *, batch: int = 20_000) -> VerifyReport:
+        """Recompute every content hash and chain hash and check every checkpoint signature."""
+        checkpoints, signers = await self._db.read(_load_checkpoints("maif"))
+        total = await self.count()
+        state = _ChainWalk(checkpoints, signers)
+        while True:
+            after = state.seq
+
+            def run(conn: sqlite3.Connection, after: int = after) -> VerifyReport | None:
+                return state.walk(
+                    conn.execute(
+                        f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)
+                    )
+                )
+
+            report = await self._db.read(run)
+            if report is not None:
+                return report
+            if progress is not None:
+                progress(state.checked, total)
+            if state.seq == after:
+                return state.finish()
+
+
+def _load_checkpoints(
+    chain: str,
+) -> Callable[[sqlite3.Connection], tuple[dict[int, list[tuple[bytes, str, bytes]]], dict[str, tuple[str, bytes]]]]:
+    def run(
+        conn: sqlite3.Connection,
+    ) -> tuple[dict[int, list[tuple[bytes, str, bytes]]], dict[str, tuple[str, bytes]]]:
+        checkpoints: dict[int, list[tuple[bytes, str, bytes]]] = {}
+        for upto, head, key_id, sig in conn.execute(
+            "SELECT upto_seq, head_hash, key_id, signature FROM checkpoints WHERE chain = ? ORDER BY id", (chain,)
+        ):
+            checkpoints.setdefault(int(upto), []).append((bytes(head), str(key_id), bytes(sig)))
+        signers = {
+            str(k): (str(a), bytes(p)) for k, a, p in conn.execute("SELECT key_id, algorithm, public_key FROM signers")
+        }
+        return checkpoints, signers
+
+    return run
+
+
+class _ChainWalk:
+    """Incremental verifier state, fed one batch of rows at a time (runs on the reader thread)."""
+
+    def __init__(
+        self,
+        checkpoints: dict[int, list[tuple[bytes, str, bytes]]],
+        signers: dict[str, tuple[str, bytes]],
+        chain: str = "maif",
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.signers = signers
+        self.chain = chain
+        self.seq = 0
+        self.prev = ZERO_HASH
+        self.checked = 0
+
+    def check_checkpoints(self, seq: int, head: bytes) -> str | None:
+        for ckpt_head, key_id, sig in self.checkpoints.get(seq, ()):
+            if ckpt_head != head:
+                return f"checkpoint at seq {seq} does not match the chain head"
+            signer = self.signers.get(key_id)
+            if signer is None:
+                return f"checkpoint at seq {seq} names unknown signer {key_id}"
+            if not verify_signature(signer[0], signer[1], checkpoint_message(self.chain, seq, head), sig):
+                return f"checkpoint signature at seq {seq} does not verify"
+        return None
+
+    def walk(self, rows: Iterator[Any]) -> VerifyReport | None:
+        sha256 = hashlib.sha256
+        pack = _HEADER.pack
+        prev = self.prev
+        expected_seq = self.seq + 1
+        for row in rows:
+            seq, block_id, fourcc, flags, ts_us, meta, payload, chash, prev_hash, chained = row
+            bad: str | None = None
+            digest = sha256(payload).digest()
+            if meta != b"{}":
+                digest = sha256(digest + meta).digest()
+            if seq != expected_seq:
+                bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
+            elif digest != chash:
+                bad = "content hash does not match payload and metadata"
+            elif prev_hash != prev:
+                bad = "previous hash does not match the previous block"
+            else:
+                try:
+                    header = pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta), chash)
+                except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
+                    header = b""
+                if not header or sha256(prev + header).digest() != chained:
+                    bad = "chain hash does not match the block header"
+            if bad is None and seq in self.checkpoints:
+                bad = self.check_checkpoints(seq, chained)
+            if bad is not None:
+                bid = bytes(block_id).hex() if isinstance(block_id, bytes | bytearray) else None
+                return VerifyReport(False, self.checked, int(seq) if isinstance(seq, int) else expected_seq, bid, bad)
+            prev = chained
+            expected_seq += 1
+            self.checked += 1
+        self.prev = prev
+        self.seq = expected_seq - 1
+        return None
+
+    def finish(self) -> VerifyReport:
+        last_ckpt = max(self.checkpoints, default=0)
+        if last_ckpt > self.seq:
+            return VerifyReport(
+                False, self.checked, self.seq + 1, None,
+                f"a checkpoint covers seq {last_ckpt} but the chain ends at {self.seq} (blocks removed)",
+            )
+        if self.seq and last_ckpt != self.seq:
+            return VerifyReport(
+                False, self.checked, self.seq, None, f"blocks after seq {last_ckpt} are not covered by a signature"
+            )
+        return VerifyReport(True, self.checked)

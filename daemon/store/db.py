@@ -1,0 +1,405 @@
+"""The threads that own the SQLite connections: WAL, migrations, integrity check and group commit.
+
+Every write runs on one writer thread. Writes queued while a transaction is being committed are taken
+together into the next transaction (group commit), so one ``fsync`` makes many writes durable at once;
+each write still runs in its own SAVEPOINT, so one failing write never takes its neighbours down with it.
+A write's future resolves only after ``COMMIT`` has returned with ``synchronous=FULL`` (the WAL is
+fsynced on commit, https://www.sqlite.org/pragma.html#pragma_synchronous), i.e. only once it is durable.
+Reads run on a second thread with its own connection, so a long search never delays a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import sqlite_vec
+
+from daemon.store.errors import CorruptDatabaseError, SchemaError, StoreClosedError, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+IntegrityMode = Literal["full", "quick", "off"]
+
+# Largest number of queued writes taken into one transaction: bounds the latency a single commit adds
+# to the writes behind it while still amortising the fsync over many writes.
+DEFAULT_MAX_GROUP = 2048
+
+
+def latest_schema_version() -> int:
+    """Highest N for which a ``schema_vN.sql`` ships with the package."""
+    version = 0
+    for entry in resources.files("daemon.store").iterdir():
+        name = entry.name
+        if name.startswith("schema_v") and name.endswith(".sql"):
+            version = max(version, int(name[len("schema_v") : -len(".sql")]))
+    return version
+
+
+def _schema_sql(version: int) -> str:
+    return resources.files("daemon.store").joinpath(f"schema_v{version}.sql").read_text(encoding="utf-8")
+
+
+def open_connection(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (we issue BEGIN/COMMIT ourselves) with sqlite-vec loaded."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a COMMIT returns only after the WAL is fsynced, which is what "durable on return" means.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if read_only:
+            conn.execute("PRAGMA query_only=ON")
+    except (sqlite3.Error, AttributeError) as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every ``schema_vN.sql`` above ``PRAGMA user_version``, each in its own transaction."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    latest = latest_schema_version()
+    if current > latest:
+        raise SchemaError(f"database schema v{current} is newer than this code (v{latest})")
+    for version in range(current + 1, latest + 1):
+        script = _schema_sql(version)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise SchemaError(f"migration to schema v{version} failed: {exc}") from exc
+        log.info("store schema migrated", extra={"schema_version": version})
+    return latest
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a schema script (``executescript`` would commit our transaction behind our back)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+def check_integrity(conn: sqlite3.Connection, mode: IntegrityMode) -> None:
+    """Raise ``CorruptDatabaseError`` unless the integrity check answers exactly ``ok``."""
+    if mode == "off":
+        return
+    pragma = "integrity_check" if mode == "full" else "quick_check"
+    rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    if rows != ["ok"]:
+        raise CorruptDatabaseError(rows)
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Hooks:
+    before_commit: list[Callable[[sqlite3.Connection], None]] = field(default_factory=list)
+    after_rollback: list[Callable[[sqlite3.Connection], None]] = field(default_factory=list)
+
+
+_STOP = object()
+
+
+class Database:
+    """One SQLite file: a writer thread with group commit and a reader thread, both off the event loop."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        integrity: IntegrityMode = "full",
+        max_group: int = DEFAULT_MAX_GROUP,
+    ) -> None:
+        self.path = Path(path)
+        self._integrity: IntegrityMode = integrity
+        self._max_group = max_group
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._hooks = _Hooks()
+        self._open = False
+        self.commits = 0
+        self.grouped_writes = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start both threads; migrations and the integrity check run on the writer before any write."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._writer = threading.Thread(
+            target=self._writer_main, args=(loop, ready), name=f"store-writer:{self.path.name}", daemon=True
+        )
+        self._writer.start()
+        try:
+            await ready
+        except BaseException:
+            self._writer.join(timeout=5)
+            self._writer = None
+            raise
+        reader_ready: asyncio.Future[None] = loop.create_future()
+        self._reader = threading.Thread(
+            target=self._reader_main, args=(loop, reader_ready), name=f"store-reader:{self.path.name}",
+            daemon=True,
+        )
+        self._reader.start()
+        try:
+            await reader_ready
+        except BaseException:
+            self._reader.join(timeout=5)
+            self._reader = None
+            await self.close()
+            raise
+        self._open = True
+
+    async def close(self) -> None:
+        """Finish queued writes, then stop both threads and close their connections."""
+        self._open = False
+        loop = asyncio.get_running_loop()
+        for thread, jobs in ((self._reader, self._reads), (self._writer, self._writes)):
+            if thread is None:
+                continue
+            done: asyncio.Future[None] = loop.create_future()
+            jobs.put((_STOP, done, loop))
+            await done
+            # The thread has resolved ``done`` as its very last action, so this join is immediate.
+            thread.join(timeout=5)
+        self._reader = None
+        self._writer = None
+
+    def add_hooks(
+        self,
+        *,
+        before_commit: Callable[[sqlite3.Connection], None] | None = None,
+        after_rollback: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Register writer-thread callbacks: run before each COMMIT, or after a failed transaction."""
+        if before_commit is not None:
+            self._hooks.before_commit.append(before_commit)
+        if after_rollback is not None:
+            self._hooks.after_rollback.append(after_rollback)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next group transaction; return its result once the COMMIT is durable."""
+        if not self._open:
+            raise StoreClosedError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.put(_Job(fn, future))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reader connection (a consistent WAL snapshot for the duration of ``fn``)."""
+        if not self._open:
+            raise StoreClosedError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._reads.put(_Job(fn, future))
+        return await future
+
+    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the writer connection outside any group (for setup that needs its own BEGIN)."""
+        return await self.write(fn)
+
+    # -- threads ---------------------------------------------------------------------------------
+
+    def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = open_connection(self.path)
+            try:
+                migrate(conn)
+                check_integrity(conn, self._integrity)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_set_exception, ready, exc)
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        try:
+            self._write_loop(conn)
+        finally:
+            conn.close()
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._writes.get()
+            batch: list[_Job] = []
+            stop: tuple[Any, asyncio.Future[None], asyncio.AbstractEventLoop] | None = None
+            item = first
+            while True:
+                if isinstance(item, tuple) and item[0] is _STOP:
+                    stop = item
+                    break
+                batch.append(item)
+                if len(batch) >= self._max_group:
+                    break
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit_group(conn, batch)
+            if stop is not None:
+                # Drain what was queued behind the stop marker so no caller waits forever.
+                rest: list[_Job] = []
+                while True:
+                    try:
+                        item = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Job):
+                        rest.append(item)
+                if rest:
+                    self._commit_group(conn, rest)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _, done, loop = stop
+                loop.call_soon_threadsafe(_set_result, done, None)
+                return
+
+    def _commit_group(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(batch, StoreError(f"cannot begin transaction: {exc}"))
+            return
+        ok = 0
+        for job in batch:
+            try:
+                conn.execute("SAVEPOINT job")
+            except sqlite3.Error as exc:
+                job.error = StoreError(str(exc))
+                continue
+            try:
+                job.result = job.fn(conn)
+                conn.execute("RELEASE job")
+                ok += 1
+            except BaseException as exc:  # noqa: BLE001 - any failure belongs to its caller's future
+                job.error = _translate(exc)
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    pass
+        try:
+            if ok:
+                for hook in self._hooks.before_commit:
+                    hook(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - the whole group failed; every caller learns why
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for hook in self._hooks.after_rollback:
+                with contextlib.suppress(Exception):
+                    hook(conn)
+            log.warning("store commit failed", extra={"error": str(exc), "writes": len(batch)})
+            self._fail_all(batch, _translate(exc))
+            return
+        self.commits += 1
+        self.grouped_writes += len(batch)
+        _resolve_batch(batch)
+
+    def _fail_all(self, batch: list[_Job], error: BaseException) -> None:
+        for job in batch:
+            job.error = error
+        _resolve_batch(batch)
+
+    def _reader_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = open_connection(self.path, read_only=True)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_set_exception, ready, exc)
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        try:
+            while True:
+                item = self._reads.get()
+                if isinstance(item, tuple) and item[0] is _STOP:
+                    _, done, stop_loop = item
+                    stop_loop.call_soon_threadsafe(_set_result, done, None)
+                    return
+                job: _Job = item
+                try:
+                    conn.execute("BEGIN")
+                    try:
+                        job.result = job.fn(conn)
+                    finally:
+                        conn.execute("COMMIT")
+                except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
+                    job.error = _translate(exc)
+                _resolve_batch([job])
+        finally:
+            conn.close()
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return StoreError(f"sqlite: {exc}")
+    return exc
+
+
+def _resolve_batch(batch: list[_Job]) -> None:
+    """Hand results back to each job's loop with one wake-up per loop, not one per write."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    for job in batch:
+        by_loop.setdefault(job.future.get_loop(), []).append(job)
+    for loop, jobs in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_deliver, jobs)
+
+
+def _deliver(jobs: list[_Job]) -> None:
+    for job in jobs:
+        if job.future.done():
+            continue
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(job.result)
+
+
+def _set_result(future: asyncio.Future[None], value: None) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

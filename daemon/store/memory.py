@@ -1,0 +1,581 @@
+"""Agent memory: items chunked for search, an FTS5 keyword index and a sqlite-vec vector index.
+
+Access filters (owner, pool, scope, visibility, type, expiry) are columns of the vec0 table too, so a
+vector search applies them inside the KNN scan instead of filtering a top-k afterwards (which would
+silently return fewer results). Metadata filters cannot be vec0 constraints; a search with them runs an
+exact scan in SQL with every filter in the WHERE clause. Hybrid search fuses the keyword and vector
+rankings by reciprocal rank (Cormack, Clarke and Büttcher, SIGIR 2009, k = 60).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+import struct
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from daemon.store.embedders import Embedder
+from daemon.store.errors import InvalidInputError, NotFoundError, StoreError
+from daemon.store.outbox import enqueue
+
+if TYPE_CHECKING:
+    from daemon.store.db import Database
+
+MemoryType = Literal["short_term", "long_term", "profile"]
+MEMORY_TYPES = ("short_term", "long_term", "profile")
+SCOPES = ("AGENT_PRIVATE", "USER", "PROJECT", "TEAM", "GLOBAL")
+VISIBILITIES = ("private", "pool", "public")
+NO_EXPIRY = 1e300  # vec0 metadata columns cannot hold NULL: "never expires" is a far-future time.
+RRF_K = 60  # Cormack et al. 2009: the constant that worked best across their runs.
+MAX_CONTENT_CHARS = 1_000_000
+_META_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    id: str
+    owner_type: str
+    owner_id: str
+    pool: str
+    scope: str
+    type: str
+    content: str
+    metadata: Mapping[str, Any]
+    visibility: str
+    ttl_s: float | None
+    expires_at: float | None
+    created: float
+    updated: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "owner_type": self.owner_type, "owner_id": self.owner_id, "pool": self.pool,
+            "scope": self.scope, "type": self.type, "content": self.content, "metadata": dict(self.metadata),
+            "visibility": self.visibility, "ttl_s": self.ttl_s, "expires_at": self.expires_at,
+            "created": self.created, "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFilter:
+    """Constraints ANDed together inside the query. ``None`` means "any"; sequences mean "one of"."""
+
+    owner_type: str | None = None
+    owner_id: str | None = None
+    pools: Sequence[str] | None = None
+    scopes: Sequence[str] | None = None
+    visibility: Sequence[str] | None = None
+    types: Sequence[str] | None = None
+    metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    item: MemoryItem
+    score: float
+    similarity: float | None
+    keyword_rank: int | None
+    vector_rank: int | None
+    chunk: str
+
+
+_ITEM_COLUMNS = (
+    "m.id, m.owner_type, m.owner_id, m.pool, m.scope, m.type, m.content, m.metadata, m.visibility, m.ttl_s,"
+    " m.expires_at, m.created, m.updated"
+)
+
+
+def _item(row: Sequence[Any]) -> MemoryItem:
+    return MemoryItem(
+        str(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]), str(row[6]),
+        json.loads(row[7]), str(row[8]), row[9], row[10], float(row[11]), float(row[12]),
+    )
+
+
+def chunk_text(text: str, size: int, overlap: int) -> list[str]:
+    """Split long content into overlapping chunks, preferring to break at whitespace."""
+    if len(text) <= size:
+        return [text]
+    chunks: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + size // 2, end)
+            if space > start:
+                end = space
+        chunks.append(text[start:end])
+        if end >= len(text):
+            break
+        start = max(end - overlap, start + 1)
+    return chunks
+
+
+def vector_blob(vector: Sequence[float], dim: int) -> bytes:
+    if len(vector) != dim:
+        raise InvalidInputError(f"vector has {len(vector)} dimensions, the store uses {dim}")
+    try:
+        values = [float(v) for v in vector]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError("vector must contain numbers") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidInputError("vector must contain finite numbers")
+    return struct.pack(f"<{dim}f", *values)
+
+
+def fts_query(text: str) -> str:
+    """A safe FTS5 query: each word quoted (no operators from user input), words ORed for recall."""
+    words = re.findall(r"\w+", text)
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:64])
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class Memory:
+    """Memory items; each write also enqueues a ``memory`` outbox record in the same transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        embedder: Embedder | None,
+        dim: int,
+        chunk_chars: int,
+        chunk_overlap: int,
+        clock: Callable[[], float],
+    ) -> None:
+        if dim <= 0 or dim > 8192:
+            raise InvalidInputError(f"embedding_dim must be 1..8192, got {dim}")
+        if embedder is not None and embedder.dim != dim:
+            raise InvalidInputError(f"embedder produces {embedder.dim} dimensions but embedding_dim is {dim}")
+        self._db = db
+        self.embedder = embedder
+        self.dim = dim
+        self._chunk_chars = max(100, chunk_chars)
+        self._chunk_overlap = max(0, min(chunk_overlap, self._chunk_chars // 2))
+        self._clock = clock
+
+    def setup(self, conn: sqlite3.Connection) -> None:
+        """Writer thread, at open: create the vector table for the configured dimension."""
+        row = conn.execute("SELECT value FROM settings WHERE key = 'embedding_dim'").fetchone()
+        if row is not None and int(row[0]) != self.dim:
+            raise StoreError(f"database vectors have {row[0]} dimensions, configured embedding_dim is {self.dim}")
+        conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('embedding_dim', ?)", (str(self.dim),))
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vec USING vec0("
+            f"chunk_id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,"
+            " owner_type TEXT, owner_id TEXT, pool TEXT, scope TEXT, type TEXT, visibility TEXT,"
+            " expires_at FLOAT)"
+        )
+
+    async def aclose(self) -> None:
+        if self.embedder is not None:
+            await self.embedder.aclose()
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def _vectors_for(
+        self, chunks: list[str], vector: Sequence[float] | None, chunk_vectors: Sequence[Sequence[float]] | None
+    ) -> list[bytes | None]:
+        if chunk_vectors is not None:
+            if len(chunk_vectors) != len(chunks):
+                raise InvalidInputError(f"{len(chunk_vectors)} chunk vectors for {len(chunks)} chunks")
+            return [vector_blob(v, self.dim) for v in chunk_vectors]
+        if vector is not None:
+            # A caller-supplied vector describes the whole item; it is searched through the first chunk.
+            return [vector_blob(vector, self.dim)] + [None] * (len(chunks) - 1)
+        if self.embedder is not None:
+            embedded = await self.embedder.embed(chunks)
+            return [vector_blob(v, self.dim) for v in embedded]
+        return [None] * len(chunks)
+
+    def _insert_chunks(
+        self, conn: sqlite3.Connection, item: MemoryItem, chunks: list[str], vectors: list[bytes | None]
+    ) -> None:
+        expires = item.expires_at if item.expires_at is not None else NO_EXPIRY
+        for idx, (text, vec) in enumerate(zip(chunks, vectors, strict=True)):
+            cursor = conn.execute("INSERT INTO chunks(memory_id, idx, text) VALUES (?, ?, ?)", (item.id, idx, text))
+            if vec is not None:
+                conn.execute(
+                    "INSERT INTO chunk_vec(chunk_id, embedding, owner_type, owner_id, pool, scope, type, visibility,"
+                    " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cursor.lastrowid, vec, item.owner_type, item.owner_id, item.pool, item.scope, item.type,
+                     item.visibility, expires),
+                )
+
+    def _delete_chunks(self, conn: sqlite3.Connection, memory_id: str) -> None:
+        ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE memory_id = ?", (memory_id,))]
+        for chunk_id in ids:
+            conn.execute("DELETE FROM chunk_vec WHERE chunk_id = ?", (chunk_id,))
+        conn.execute("DELETE FROM chunks WHERE memory_id = ?", (memory_id,))
+
+    def _outbox(self, conn: sqlite3.Connection, op: str, item: MemoryItem | None, memory_id: str) -> None:
+        body: dict[str, Any] = {"op": op, "id": memory_id}
+        if item is not None:
+            body["item"] = item.to_json()
+        now = self._clock()
+        enqueue(conn, "memory", f"{memory_id}:{op}:{now!r}", json.dumps(body, sort_keys=True).encode(), now)
+
+    async def create(
+        self,
+        *,
+        owner_type: str,
+        owner_id: str,
+        content: str,
+        pool: str = "default",
+        scope: str = "AGENT_PRIVATE",
+        type: MemoryType | str = "long_term",  # noqa: A002 - the domain's own field name
+        metadata: Mapping[str, Any] | None = None,
+        visibility: str = "private",
+        ttl_s: float | None = None,
+        vector: Sequence[float] | None = None,
+        chunk_vectors: Sequence[Sequence[float]] | None = None,
+        memory_id: str | None = None,
+    ) -> MemoryItem:
+        """Store a memory item (chunked, indexed, vectors when given or embedded); durable on return."""
+        _check_choice("type", type, MEMORY_TYPES)
+        _check_choice("scope", scope, SCOPES)
+        _check_choice("visibility", visibility, VISIBILITIES)
+        if not content or len(content) > MAX_CONTENT_CHARS:
+            raise InvalidInputError(f"content must be 1..{MAX_CONTENT_CHARS} characters")
+        if ttl_s is not None and (not math.isfinite(ttl_s) or ttl_s <= 0):
+            raise InvalidInputError("ttl_s must be a positive number of seconds")
+        meta = dict(metadata or {})
+        try:
+            meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata is not JSON-serialisable: {exc}") from exc
+        now = self._clock()
+        item = MemoryItem(
+            memory_id or str(uuid.uuid4()), owner_type, owner_id, pool, scope, type, content, json.loads(meta_json),
+            visibility, ttl_s, None if ttl_s is None else now + ttl_s, now, now,
+        )
+        chunks = chunk_text(content, self._chunk_chars, self._chunk_overlap)
+        vectors = await self._vectors_for(chunks, vector, chunk_vectors)
+
+        def run(conn: sqlite3.Connection) -> MemoryItem:
+            try:
+                conn.execute(
+                    "INSERT INTO memories(id, owner_type, owner_id, pool, scope, type, content, metadata, visibility,"
+                    " ttl_s, expires_at, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (item.id, owner_type, owner_id, pool, scope, type, content, meta_json, visibility, ttl_s,
+                     item.expires_at, now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise InvalidInputError(f"memory {item.id} already exists") from exc
+            self._insert_chunks(conn, item, chunks, vectors)
+            self._outbox(conn, "upsert", item, item.id)
+            return item
+
+        return await self._db.write(run)
+
+    async def get(self, memory_id: str) -> MemoryItem | None:
+        """The item, or None when it does not exist or has expired."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> MemoryItem | None:
+            row = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id = ?"
+                " AND (m.expires_at IS NULL OR m.expires_at > ?)",
+                (memory_id, now),
+            ).fetchone()
+            return None if row is None else _item(row)
+
+        return await self._db.read(run)
+
+    async def list(self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
+        where, args = self._where(flt or MemoryFilter(), self._clock())
+        args += [max(0, min(limit, 1000)), max(0, offset)]
+
+        def run(conn: sqlite3.Connection) -> list[MemoryItem]:
+            rows = conn.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE {where} ORDER BY m.created, m.id LIMIT ? OFFSET ?",
+                args,
+            ).fetchall()
+            return [_item(r) for r in rows]
+
+        return await self._db.read(run)
+
+    async def update(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        pool: str | None = None,
+        scope: str | None = None,
+        type: str | None = None,  # noqa: A002 - the domain's own field name
+        visibility: str | None = None,
+        ttl_s: float | None = None,
+        vector: Sequence[float] | None = None,
+    ) -> MemoryItem:
+        """Change fields of an item; content changes re-chunk and re-index it. Durable on return."""
+        current = await self.get(memory_id)
+        if current is None:
+            raise NotFoundError(f"memory {memory_id} not found")
+        if type is not None:
+            _check_choice("type", type, MEMORY_TYPES)
+        if scope is not None:
+            _check_choice("scope", scope, SCOPES)
+        if visibility is not None:
+            _check_choice("visibility", visibility, VISIBILITIES)
+        if content is not None and (not content or len(content) > MAX_CONTENT_CHARS):
+            raise InvalidInputError(f"content must be 1..{MAX_CONTENT_CHARS} characters")
+        now = self._clock()
+        meta = current.metadata if metadata is None else dict(metadata)
+        try:
+            meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"metadata is not JSON-serialisable: {exc}") from exc
+        new_ttl = current.ttl_s if ttl_s is None else ttl_s
+        item = replace(
+            current,
+            content=current.content if content is None else content,
+            metadata=json.loads(meta_json),
+            pool=current.pool if pool is None else pool,
+            scope=current.scope if scope is None else scope,
+            type=current.type if type is None else type,
+            visibility=current.visibility if visibility is None else visibility,
+            ttl_s=new_ttl,
+            expires_at=current.expires_at if ttl_s is None else now + ttl_s,
+            updated=now,
+        )
+        rechunk = content is not None or vector is not None
+        chunks = chunk_text(item.content, self._chunk_chars, self._chunk_overlap)
+        vectors = await self._vectors_for(chunks, vector, None) if rechunk else []
+
+        def run(conn: sqlite3.Connection) -> MemoryItem:
+            changed = conn.execute(
+                "UPDATE memories SET content = ?, metadata = ?, pool = ?, scope = ?, type = ?, visibility = ?,"
+                " ttl_s = ?, expires_at = ?, updated = ? WHERE id = ?",
+                (item.content, meta_json, item.pool, item.scope, item.type, item.visibility, item.ttl_s,
+                 item.expires_at, now, memory_id),
+            ).rowcount
+            if not changed:
+                raise NotFoundError(f"memory {memory_id} not found")
+            if rechunk:
+                if vector is None and self.embedder is None:
+                    # Keep caller-supplied vectors of the first chunk when only the text changed.
+                    kept = conn.execute(
+                        "SELECT v.embedding FROM chunk_vec v JOIN chunks c ON c.id = v.chunk_id"
+                        " WHERE c.memory_id = ? AND c.idx = 0",
+                        (memory_id,),
+                    ).fetchone()
+                    if kept is not None:
+                        vectors[0] = bytes(kept[0])
+                self._delete_chunks(conn, memory_id)
+                self._insert_chunks(conn, item, chunks, vectors)
+            else:
+                conn.execute(
+                    "UPDATE chunk_vec SET pool = ?, scope = ?, type = ?, visibility = ?, expires_at = ?"
+                    " WHERE chunk_id IN (SELECT id FROM chunks WHERE memory_id = ?)",
+                    (item.pool, item.scope, item.type, item.visibility,
+                     item.expires_at if item.expires_at is not None else NO_EXPIRY, memory_id),
+                )
+            self._outbox(conn, "upsert", item, memory_id)
+            return item
+
+        return await self._db.write(run)
+
+    async def delete(self, memory_id: str) -> bool:
+        """Remove an item and its index entries; False when it did not exist."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            self._delete_chunks(conn, memory_id)
+            gone = conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,)).rowcount > 0
+            if gone:
+                self._outbox(conn, "delete", None, memory_id)
+            return gone
+
+        return await self._db.write(run)
+
+    async def purge_expired(self) -> int:
+        """Delete items whose TTL has passed (they are already invisible to reads and searches)."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> int:
+            ids = [str(r[0]) for r in conn.execute(
+                "SELECT id FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 10000", (now,)
+            )]
+            for memory_id in ids:
+                self._delete_chunks(conn, memory_id)
+                conn.execute("DELETE FROM memories WHERE id = ?", (memory_id,))
+                self._outbox(conn, "expire", None, memory_id)
+            return len(ids)
+
+        return await self._db.write(run)
+
+    # -- search ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(flt: MemoryFilter, now: float, alias: str = "m") -> tuple[str, list[Any]]:
+        clauses = [f"({alias}.expires_at IS NULL OR {alias}.expires_at > ?)"]
+        args: list[Any] = [now]
+        for column, value in (("owner_type", flt.owner_type), ("owner_id", flt.owner_id)):
+            if value is not None:
+                clauses.append(f"{alias}.{column} = ?")
+                args.append(value)
+        for column, values in (
+            ("pool", flt.pools), ("scope", flt.scopes), ("visibility", flt.visibility), ("type", flt.types)
+        ):
+            if values is not None:
+                values = list(values)
+                if not values:
+                    clauses.append("0")
+                    continue
+                clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
+                args.extend(values)
+        for key, value in flt.metadata.items():
+            if not _META_KEY_RE.match(key):
+                raise InvalidInputError(f"metadata filter key {key!r} must match {_META_KEY_RE.pattern}")
+            if not isinstance(value, str | int | float | bool):
+                raise InvalidInputError(f"metadata filter {key!r} must be a string, number or boolean")
+            clauses.append(f"json_extract({alias}.metadata, ?) = ?")
+            args.extend([f'$."{key}"', int(value) if isinstance(value, bool) else value])
+        return " AND ".join(clauses), args
+
+    @staticmethod
+    def _vec_where(flt: MemoryFilter, now: float) -> tuple[str, list[Any]]:
+        clauses = ["v.expires_at > ?"]
+        args: list[Any] = [now]
+        for column, value in (("owner_type", flt.owner_type), ("owner_id", flt.owner_id)):
+            if value is not None:
+                clauses.append(f"v.{column} = ?")
+                args.append(value)
+        for column, values in (
+            ("pool", flt.pools), ("scope", flt.scopes), ("visibility", flt.visibility), ("type", flt.types)
+        ):
+            if values is not None:
+                values = list(values)
+                if not values:
+                    return "0", []
+                clauses.append(f"v.{column} IN ({','.join('?' * len(values))})")
+                args.extend(values)
+        return " AND ".join(clauses), args
+
+    async def search(
+        self,
+        *,
+        text: str | None = None,
+        vector: Sequence[float] | None = None,
+        flt: MemoryFilter | None = None,
+        limit: int = 10,
+        threshold: float | None = None,
+    ) -> list[SearchHit]:
+        """Keyword, vector or hybrid (RRF) search; ``threshold`` is a minimum cosine similarity.
+
+        With text and no vector, the embedder (if any) turns the text into the query vector, so text
+        queries are hybrid whenever an embedder is configured. The threshold drops vector hits below it;
+        keyword hits carry no similarity and are kept.
+        """
+        flt = flt or MemoryFilter()
+        limit = max(1, min(limit, 1000))
+        if text is not None and not text.strip():
+            text = None
+        if text is None and vector is None:
+            raise InvalidInputError("search needs text, a vector, or both")
+        query_blob: bytes | None = None
+        if vector is not None:
+            query_blob = vector_blob(vector, self.dim)
+        elif text is not None and self.embedder is not None:
+            query_blob = vector_blob((await self.embedder.embed([text]))[0], self.dim)
+        now = self._clock()
+        depth = min(4096, max(limit * 4, 40))
+
+        def run(conn: sqlite3.Connection) -> list[SearchHit]:
+            keyword: list[tuple[str, str]] = []
+            vectors: list[tuple[str, str, float]] = []
+            if text is not None:
+                keyword = self._keyword(conn, text, flt, now, depth)
+            if query_blob is not None:
+                vectors = self._vector(conn, query_blob, flt, now, depth)
+                if threshold is not None:
+                    vectors = [v for v in vectors if v[2] >= threshold]
+            scores: dict[str, float] = {}
+            best_chunk: dict[str, str] = {}
+            sim: dict[str, float] = {}
+            krank: dict[str, int] = {}
+            vrank: dict[str, int] = {}
+            for rank, (mid, chunk) in enumerate(keyword, start=1):
+                scores[mid] = scores.get(mid, 0.0) + 1.0 / (RRF_K + rank)
+                krank[mid] = rank
+                best_chunk.setdefault(mid, chunk)
+            for rank, (mid, chunk, similarity) in enumerate(vectors, start=1):
+                scores[mid] = scores.get(mid, 0.0) + 1.0 / (RRF_K + rank)
+                vrank[mid] = rank
+                sim[mid] = similarity
+                best_chunk[mid] = chunk if mid not in krank else best_chunk[mid]
+            ordered = sorted(scores, key=lambda m: (-scores[m], m))[:limit]
+            if not ordered:
+                return []
+            marks = ",".join("?" * len(ordered))
+            items = {
+                str(r[0]): _item(r)
+                for r in conn.execute(f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id IN ({marks})", ordered)
+            }
+            return [
+                SearchHit(items[m], scores[m], sim.get(m), krank.get(m), vrank.get(m), best_chunk[m])
+                for m in ordered
+                if m in items
+            ]
+
+        return await self._db.read(run)
+
+    def _keyword(
+        self, conn: sqlite3.Connection, text: str, flt: MemoryFilter, now: float, depth: int
+    ) -> list[tuple[str, str]]:
+        query = fts_query(text)
+        if not query:
+            return []
+        where, args = self._where(flt, now)
+        rows = conn.execute(
+            "SELECT c.memory_id, c.text, bm25(chunks_fts) AS r FROM chunks_fts"
+            " JOIN chunks c ON c.id = chunks_fts.rowid JOIN memories m ON m.id = c.memory_id"
+            f" WHERE chunks_fts MATCH ? AND {where} ORDER BY r LIMIT ?",
+            [query, *args, depth],
+        ).fetchall()
+        seen: set[str] = set()
+        out: list[tuple[str, str]] = []
+        for mid, chunk, _ in rows:
+            if mid not in seen:
+                seen.add(mid)
+                out.append((str(mid), str(chunk)))
+        return out
+
+    def _vector(
+        self, conn: sqlite3.Connection, query: bytes, flt: MemoryFilter, now: float, depth: int
+    ) -> list[tuple[str, str, float]]:
+        if flt.metadata:
+            # Metadata is not a vec0 column: an exact scan with every filter inside the WHERE clause.
+            where, args = self._where(flt, now)
+            rows = conn.execute(
+                "SELECT c.memory_id, c.text, vec_distance_cosine(v.embedding, ?) AS d FROM chunk_vec v"
+                " JOIN chunks c ON c.id = v.chunk_id JOIN memories m ON m.id = c.memory_id"
+                f" WHERE {where} ORDER BY d LIMIT ?",
+                [query, *args, depth],
+            ).fetchall()
+        else:
+            where, args = self._vec_where(flt, now)
+            if where == "0":
+                return []
+            rows = conn.execute(
+                "SELECT c.memory_id, c.text, knn.distance FROM ("
+                f" SELECT v.chunk_id, v.distance FROM chunk_vec v WHERE v.embedding MATCH ? AND k = ? AND {where}"
+                ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance",
+                [query, depth, *args],
+            ).fetchall()
+        seen: set[str] = set()
+        out: list[tuple[str, str, float]] = []
+        for mid, chunk, distance in rows:
+            if mid not in seen:
+                seen.add(mid)
+                out.append((str(mid), str(chunk), 1.0 - float(distance)))
+        return out
