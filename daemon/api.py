@@ -79,7 +79,7 @@ class Readiness:
         return {name: reason for name, reason in self.components.items() if reason is not None}
 
 
-PRINCIPAL_KEY = "mycoedge.principal"
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 ROUTES_KEY: web.AppKey[list[Operation]] = web.AppKey("routes")
 RESOLVERS_KEY: web.AppKey[list[TokenResolver]] = web.AppKey("resolvers")
 READINESS_KEY = web.AppKey("readiness", Readiness)
@@ -166,8 +166,8 @@ def _middlewares(registry: CollectorRegistry) -> list[Any]:
             if exc.status < 400:
                 raise
             kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status)
-            response = Problem(exc.status, exc.reason, kind=kind, headers=dict(exc.headers)).response(request.path)
-            response.headers.pop("Content-Length", None)
+            keep = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+            response = Problem(exc.status, exc.reason, kind=kind, headers=keep).response(request.path)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             response = Problem(500, "internal error; see the daemon's log").response(request.path)

@@ -133,7 +133,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
         broker.on_state(follow)
 
-    tables: list[Routes] = []
+    tables = route_tables()
     listen = parse_listen(config.api.listen) if config.api.listen else None
     socket_path = config.socket_path if config.api.unix_socket else None
     app = build_app(
@@ -159,6 +159,11 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     )
     node.notifier.ready(node.status_line())
     log.info("ready: %s", node.status_line() or "no components")
+
+
+def route_tables() -> list[Routes]:
+    """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
+    return []
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -100,7 +100,7 @@ class Routes:
         return self.route("DELETE", path, **kwargs)
 
 
-OPERATION_KEY = "mycoedge.operation"
+OPERATION_KEY: web.RequestKey[Operation] = web.RequestKey("operation", Operation)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -108,7 +108,7 @@ async def read_json(request: web.Request) -> Any:
 
     Garbage gets a problem document (415, 400, 413 or 422) naming what was wrong; nothing else runs.
     """
-    operation: Operation | None = request.get(OPERATION_KEY)
+    operation = request.get(OPERATION_KEY)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise Problem(413, f"body exceeds {MAX_BODY_BYTES} bytes")
     if request.content_type not in ("application/json", ""):
