@@ -341,7 +341,7 @@ class BlockLog:
 
         return await self._db.read(run)
 
-    async def list(
+    async def list_blocks(
         self, *, after_seq: int = 0, limit: int = 100, fourcc: str | None = None, since_us: int | None = None
     ) -> list[Block]:
         """Blocks in chain order after ``after_seq`` (cursor paging)."""

@@ -309,7 +309,7 @@ class Database:
                 job.result = job.fn(conn)
                 conn.execute("RELEASE job")
                 ok += 1
-            except BaseException as exc:  # noqa: BLE001 - any failure belongs to its caller's future
+            except BaseException as exc:
                 job.error = _translate(exc)
                 try:
                     conn.execute("ROLLBACK TO job")
@@ -321,7 +321,7 @@ class Database:
                 for hook in self._hooks.before_commit:
                     hook(conn)
             conn.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - the whole group failed; every caller learns why
+        except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for hook in self._hooks.after_rollback:
@@ -360,7 +360,7 @@ class Database:
                         job.result = job.fn(conn)
                     finally:
                         conn.execute("COMMIT")
-                except BaseException as exc:  # noqa: BLE001 - delivered to the caller's future
+                except BaseException as exc:
                     job.error = _translate(exc)
                 _resolve_batch([job])
         finally:

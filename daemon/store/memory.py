@@ -232,7 +232,7 @@ class Memory:
         content: str,
         pool: str = "default",
         scope: str = "AGENT_PRIVATE",
-        type: MemoryType | str = "long_term",  # noqa: A002 - the domain's own field name
+        type: MemoryType | str = "long_term",
         metadata: Mapping[str, Any] | None = None,
         visibility: str = "private",
         ttl_s: float | None = None,
@@ -291,7 +291,7 @@ class Memory:
 
         return await self._db.read(run)
 
-    async def list(self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
+    async def list_items(self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
         where, args = self._where(flt or MemoryFilter(), self._clock())
         args += [max(0, min(limit, 1000)), max(0, offset)]
 
@@ -312,7 +312,7 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
         pool: str | None = None,
         scope: str | None = None,
-        type: str | None = None,  # noqa: A002 - the domain's own field name
+        type: str | None = None,
         visibility: str | None = None,
         ttl_s: float | None = None,
         vector: Sequence[float] | None = None,
