@@ -21,12 +21,15 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 
-from daemon import __version__
+from daemon import __version__, devices
 from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
 from daemon.config import Config, parse_listen
+from daemon.devices import FLEET_KEY, DeviceFactory, DeviceFleet
 from daemon.mqtt import BrokerLink, BrokerState
 from daemon.openapi import Routes
 from daemon.sdnotify import Notifier
+from daemon.store import Ed25519Signer, Store
+from daemon.store.signing import load_encryption_key, write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class Node:
     stop: asyncio.Event
     broker: BrokerLink | None = None
     api: ApiServer | None = None
+    store: Store | None = None
+    fleet: DeviceFleet | None = None
     started_at: float = field(default_factory=time.monotonic)
     status_parts: list[Callable[[], str]] = field(default_factory=list)
     liveness_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -107,6 +112,16 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     admin_token = await asyncio.to_thread(ensure_admin_token, config.admin_token_path)
     readiness = node.readiness
     readiness.require("api")
+    readiness.require("store")
+
+    node.store = await stack.enter_async_context(await asyncio.to_thread(_open_store, config))
+    store = node.store
+    readiness.up("store")
+
+    async def store_alive() -> None:
+        await store.db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    node.liveness_checks.append(store_alive)
 
     if config.mqtt.enabled:
         readiness.require("mqtt")
@@ -133,14 +148,32 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
         broker.on_state(follow)
 
-    tables = route_tables()
+    node.fleet = DeviceFleet(
+        config.devices,
+        factories=device_factories(),
+        topic_base=node.topic_base,
+        node_id=config.node.id,
+        broker=node.broker,
+        sink=store,
+        registry=node.registry,
+        ha_discovery=config.mqtt.ha_discovery,
+        ha_prefix=config.mqtt.ha_prefix,
+    )
+    await stack.enter_async_context(node.fleet)
+    fleet = node.fleet
+    node.status_parts.append(
+        lambda: f"devices {sum(1 for e in fleet.entries if e.device and e.device.state == 'streaming')}"
+        f"/{len(fleet.entries)} streaming"
+    )
+
     listen = parse_listen(config.api.listen) if config.api.listen else None
     socket_path = config.socket_path if config.api.unix_socket else None
     app = build_app(
-        tables=tables,
+        tables=route_tables(),
         resolvers=[AdminTokenResolver(admin_token)],
         readiness=readiness,
         registry=node.registry,
+        state={FLEET_KEY: node.fleet},
     )
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
@@ -163,7 +196,25 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
-    return []
+    return [devices.routes]
+
+
+def device_factories() -> dict[str, DeviceFactory]:
+    """The driver for each ``[[devices]] kind``."""
+    return {}
+
+
+def _open_store(config: Config) -> Store:
+    """Build the store with the node's signing key (and payload key), creating them on first start."""
+    state = config.node.state_dir
+    signer = Ed25519Signer.from_file(state / "node-signing.key", create=True)
+    key: bytes | None = None
+    if config.store.encrypt_payloads:
+        key_path = state / "maif.key"
+        if not key_path.exists():
+            write_secret_file(key_path, os.urandom(32))  # AES-256-GCM key (NIST SP 800-38D)
+        key = load_encryption_key(key_path)
+    return Store(state / "mycoedge.db", signer=signer, encryption_key=key)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,511 @@
+"""The node's devices as the daemon sees them: one supervised driver per configured port.
+
+``DeviceFleet`` builds each driver from ``[[devices]]``, and is the listener every driver reports to:
+readings go to MQTT (``devices/<id>/telemetry`` plus a retained per-sensor state for Home Assistant) and
+to the store through a ``ReadingSink``; link states go to the retained ``devices/<id>/state``; events to
+``devices/<id>/events``. Commands arrive on ``devices/<id>/cmd`` (answered on the MQTT 5 response topic
+with the correlation data) or on ``POST /v1/devices/{id}/commands``, and are answered with the device's
+own ACK or NACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import aiomqtt
+from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from daemon.config import DeviceConfig
+from daemon.mqtt import BrokerLink
+from daemon.openapi import Routes, read_json
+from daemon.problems import PROBLEM_SCHEMA, Problem
+from drivers.device import CommandResult, Device, DeviceEvent, DeviceListener, LinkState
+from drivers.errors import DeviceTimeoutError, DriverError, LinkError, NotReadyError
+from drivers.model import Reading
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT_S = 20.0  # covers the MycoBrain's 3 retries of 5 s (PROTOCOLS.md §1) with margin
+SINK_BATCH = 256
+SINK_INTERVAL_S = 0.2
+
+
+class ReadingSink(Protocol):
+    """Where readings are kept durably; the local store implements it."""
+
+    async def store_readings(self, readings: Sequence[Reading]) -> None: ...
+
+
+DeviceFactory = Callable[[DeviceConfig, DeviceListener], Device]
+
+
+class CommandPayloadError(ValueError):
+    """An MQTT command payload that is not ``{"cmd": str, "params": {...}}``."""
+
+
+def parse_command(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode an MQTT command: ``{"cmd": NAME, "params": {...}}`` (the MDP COMMAND payload shape)."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandPayloadError(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise CommandPayloadError("must be a JSON object")
+    name = body.get("cmd")
+    params = body.get("params", {})
+    if not isinstance(name, str) or not name:
+        raise CommandPayloadError("'cmd' must be a non-empty string")
+    if not isinstance(params, dict):
+        raise CommandPayloadError("'params' must be an object")
+    return name, params
+
+
+def reading_json(reading: Reading) -> dict[str, Any]:
+    return {
+        "device_id": reading.device_id,
+        "sensor": reading.sensor,
+        "ts": reading.ts,
+        "seq": reading.seq,
+        "valid": reading.valid,
+        "values": {name: {"value": q.value, "unit": q.unit} for name, q in reading.quantities.items()},
+        **({"meta": dict(reading.meta)} if reading.meta else {}),
+    }
+
+
+# Home Assistant device classes for the quantities our drivers publish (HA "sensor" integration docs).
+_HA_CLASSES: dict[str, tuple[str | None, str | None]] = {
+    "temperature_c": ("temperature", "°C"),
+    "humidity_pct": ("humidity", "%"),
+    "pressure_hpa": ("atmospheric_pressure", "hPa"),
+    "pressure_pa": ("atmospheric_pressure", "Pa"),
+    "gas_ohm": (None, "Ω"),
+    "iaq": ("aqi", None),
+    "co2_equivalent": ("carbon_dioxide", "ppm"),
+    "voc_equivalent": ("volatile_organic_compounds_parts", "ppm"),
+    "rssi_dbm": ("signal_strength", "dBm"),
+}
+
+
+@dataclass
+class _Entry:
+    """One configured device and what the fleet remembers about it."""
+
+    config: DeviceConfig
+    device: Device | None = None
+    last_readings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    announced: set[str] = field(default_factory=set)
+
+
+class _DeviceStatsCollector(Collector):
+    def __init__(self, fleet: DeviceFleet) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counters = CounterMetricFamily(
+            "mycoedge_device_link", "Per-device link counters (frames, bytes, each kind of error)",
+            labels=["device", "counter"],
+        )
+        up = GaugeMetricFamily("mycoedge_device_streaming", "1 while the device link is streaming",
+                               labels=["device"])
+        for entry in self._fleet.entries:
+            if entry.device is None:
+                continue
+            name = self._fleet.handle(entry)
+            for key, value in sorted(entry.device.stats().items()):
+                counters.add_metric([name, key], value)
+            up.add_metric([name], 1 if entry.device.state == LinkState.STREAMING else 0)
+        yield counters
+        yield up
+
+
+class DeviceFleet:
+    """Every configured device, supervised; the listener its drivers report to. An async context manager."""
+
+    def __init__(
+        self,
+        configs: Sequence[DeviceConfig],
+        *,
+        factories: Mapping[str, DeviceFactory],
+        topic_base: str,
+        node_id: str,
+        broker: BrokerLink | None,
+        sink: ReadingSink | None = None,
+        registry: CollectorRegistry | None = None,
+        ha_discovery: bool = True,
+        ha_prefix: str = "homeassistant",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.entries = [_Entry(config=c) for c in configs]
+        self._factories = factories
+        self._topic_base = topic_base
+        self._node_id = node_id
+        self._broker = broker
+        self._sink = sink
+        self._ha = ha_discovery
+        self._ha_prefix = ha_prefix
+        self._clock = clock
+        self._stack = AsyncExitStack()
+        self._pending: list[Reading] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sink_task: asyncio.Task[None] | None = None
+        self.remote: dict[str, dict[str, Any]] = {}  # devices seen only through another (LoRa) with no link
+        self._remote_announced: set[str] = set()
+        self._readings = Counter("mycoedge_device_readings", "Readings received from devices",
+                                 ["valid"], registry=registry)
+        self._bad_commands = Counter("mycoedge_device_bad_commands",
+                                     "MQTT command payloads refused as malformed", registry=registry)
+        self._sink_errors = Counter("mycoedge_device_sink_errors", "Reading batches the store refused",
+                                    registry=registry)
+        if registry is not None:
+            registry.register(_DeviceStatsCollector(self))
+        if broker is not None:
+            broker.subscribe(f"{topic_base}/devices/+/cmd", self._on_mqtt_command)
+            broker.on_connect(self._republish)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._sink_task = asyncio.create_task(self._drain_sink(), name="device-sink")
+        for entry in self.entries:
+            factory = self._factories.get(entry.config.kind)
+            if factory is None:
+                log.error("no driver for device kind %r on %s", entry.config.kind, entry.config.port)
+                continue
+            entry.device = factory(entry.config, _Listener(self, entry))
+            await self._stack.enter_async_context(entry.device)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+        for entry in self.entries:
+            if entry.device is not None:
+                await self._publish_state(entry, override="offline")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sink_task is not None:
+            self._sink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sink_task
+        await self._flush_sink()
+
+    # ---- lookup ------------------------------------------------------------------------------------
+    def handle(self, entry: _Entry) -> str:
+        """The name a device is addressed by: its own id once known, else its config name or port."""
+        if entry.device is not None and entry.device.device_id:
+            return entry.device.device_id
+        return entry.config.name or entry.config.port.rsplit("/", 1)[-1]
+
+    def find(self, key: str) -> _Entry | None:
+        for entry in self.entries:
+            if key in (self.handle(entry), entry.config.name, entry.config.port.rsplit("/", 1)[-1]):
+                return entry
+        return None
+
+    def describe(self, entry: _Entry) -> dict[str, Any]:
+        device = entry.device
+        body: dict[str, Any] = {
+            "id": self.handle(entry),
+            "device_id": device.device_id if device else None,
+            "kind": entry.config.kind,
+            "port": entry.config.port,
+            "name": entry.config.name or None,
+            "state": str(device.state) if device else "closed",
+            "link": dict(device.stats()) if device else {},
+            "last_readings": entry.last_readings,
+        }
+        if device is not None:
+            body["identity"] = _jsonable(device.describe())
+        return body
+
+    # ---- commands ----------------------------------------------------------------------------------
+    async def command(self, entry: _Entry, name: str, params: Mapping[str, object]) -> CommandResult:
+        if entry.device is None:
+            raise LinkError("no driver for this device")
+        return await entry.device.command(name, params, timeout=COMMAND_TIMEOUT_S)
+
+    async def _on_mqtt_command(self, message: aiomqtt.Message) -> None:
+        parts = str(message.topic).split("/")
+        key = parts[-2]
+        props = message.properties
+        response_topic = getattr(props, "ResponseTopic", None) or f"{self._topic_base}/devices/{key}/cmd/result"
+        correlation = getattr(props, "CorrelationData", None)
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+        try:
+            name, params = parse_command(bytes(payload))
+        except CommandPayloadError as exc:
+            self._bad_commands.inc()
+            await self._reply(response_topic, correlation, {"ok": False, "error": "bad_request", "message": str(exc)})
+            return
+        entry = self.find(key)
+        if entry is None:
+            await self._reply(response_topic, correlation, {"ok": False, "error": "unknown_device", "message": key})
+            return
+        try:
+            result = await self.command(entry, name, params)
+        except NotReadyError as exc:
+            body: dict[str, Any] = {"ok": False, "error": "not_ready", "message": str(exc)}
+        except DeviceTimeoutError as exc:
+            body = {"ok": False, "error": "timeout", "message": str(exc)}
+        except LinkError as exc:
+            body = {"ok": False, "error": "link_down", "message": str(exc)}
+        except DriverError as exc:
+            body = {"ok": False, "error": "driver_error", "message": str(exc)}
+        else:
+            body = _result_json(result)
+        body["cmd"] = name
+        await self._reply(response_topic, correlation, body)
+
+    async def _reply(self, topic: str, correlation: bytes | None, body: Mapping[str, Any]) -> None:
+        if self._broker is None:
+            return
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho ships no annotations here
+        if correlation is not None:
+            props.CorrelationData = correlation
+        await self._broker.publish(topic, json.dumps(body), qos=1, properties=props)
+
+    # ---- what drivers report -------------------------------------------------------------------------
+    def reading(self, entry: _Entry | None, reading: Reading) -> None:
+        self._readings.labels(valid=str(reading.valid).lower()).inc()
+        body = reading_json(reading)
+        if entry is not None and (entry.device is None or reading.device_id == entry.device.device_id):
+            entry.last_readings[reading.sensor] = body
+        else:
+            self.remote.setdefault(reading.device_id, {})[reading.sensor] = body
+        if self._sink is not None:
+            self._pending.append(reading)
+            if len(self._pending) >= SINK_BATCH:
+                self._wakeup.set()
+        if self._broker is not None:
+            base = f"{self._topic_base}/devices/{reading.device_id}"
+            self._spawn(self._publish_reading(base, reading, body))
+
+    async def _publish_reading(self, base: str, reading: Reading, body: dict[str, Any]) -> None:
+        assert self._broker is not None
+        if self._ha:
+            await self._announce_sensor(reading)
+        text = json.dumps(body)
+        await self._broker.publish(f"{base}/telemetry", text)
+        # Retained per-sensor state: what Home Assistant's discovery configs point at, and what a new
+        # subscriber sees at once.
+        await self._broker.publish(f"{base}/sensors/{reading.sensor}", text, retain=True)
+
+    def event(self, entry: _Entry, event: DeviceEvent) -> None:
+        if self._broker is None:
+            return
+        body = {"device_id": event.device_id, "event": event.name, "ts": event.ts or self._clock(),
+                **_jsonable(event.data)}
+        self._spawn(self._broker.publish(f"{self._topic_base}/devices/{event.device_id}/events", json.dumps(body),
+                                         qos=1))
+
+    def state_changed(self, entry: _Entry) -> None:
+        self._spawn(self._publish_state(entry))
+
+    async def _publish_state(self, entry: _Entry, override: str | None = None) -> None:
+        if self._broker is None or entry.device is None or not entry.device.device_id:
+            return
+        device = entry.device
+        if override is not None:
+            status = override
+        else:
+            status = {LinkState.STREAMING: "online", LinkState.BACKOFF: "error"}.get(device.state, "offline")
+        body = {"device_id": device.device_id, "status": status, "link_state": str(device.state),
+                "port": entry.config.port, "kind": entry.config.kind, "stats": dict(device.stats()),
+                "ts": self._clock()}
+        await self._broker.publish(f"{self._topic_base}/devices/{device.device_id}/state", json.dumps(body),
+                                   qos=1, retain=True)
+
+    async def _republish(self) -> None:
+        """On every broker (re)connect: availability and discovery again, as HA expects after a restart."""
+        for entry in self.entries:
+            entry.announced.clear()
+            await self._publish_state(entry)
+
+    async def _announce_sensor(self, reading: Reading) -> None:
+        entry = next((e for e in self.entries if e.device and e.device.device_id == reading.device_id), None)
+        announced = entry.announced if entry is not None else self._remote_announced
+        assert self._broker is not None
+        for quantity_name, quantity in reading.quantities.items():
+            key = f"{reading.device_id}.{reading.sensor}.{quantity_name}"
+            if key in announced:
+                continue
+            announced.add(key)
+            unique = f"{self._node_id}_{reading.device_id}_{reading.sensor}_{quantity_name}".replace("-", "_")
+            device_class, unit = _HA_CLASSES.get(quantity_name, (None, quantity.unit or None))
+            config: dict[str, Any] = {
+                "name": f"{reading.sensor} {quantity_name}",
+                "unique_id": unique,
+                "object_id": unique,
+                "state_topic": f"{self._topic_base}/devices/{reading.device_id}/sensors/{reading.sensor}",
+                "value_template": f"{{{{ value_json['values']['{quantity_name}']['value'] }}}}",
+                "unit_of_measurement": unit or quantity.unit or None,
+                "state_class": "measurement",
+                "availability": [
+                    {"topic": f"{self._topic_base}/status"},
+                    {"topic": f"{self._topic_base}/devices/{reading.device_id}/state",
+                     "value_template": "{{ value_json.status }}"},
+                ],
+                "availability_mode": "all",
+                "device": {"identifiers": [f"mycoedge_{reading.device_id}"], "name": reading.device_id,
+                           "via_device": f"mycoedge_{self._node_id}"},
+            }
+            if device_class:
+                config["device_class"] = device_class
+            config = {k: v for k, v in config.items() if v is not None}
+            await self._broker.publish(f"{self._ha_prefix}/sensor/{unique}/config", json.dumps(config), qos=1,
+                                       retain=True)
+
+    # ---- the store ---------------------------------------------------------------------------------
+    async def _drain_sink(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SINK_INTERVAL_S):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._flush_sink()
+
+    async def _flush_sink(self) -> None:
+        if self._sink is None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self._sink.store_readings(batch)
+        except Exception:
+            # Never lose a batch to a transient store error: put it back in front and try again later.
+            self._sink_errors.inc()
+            log.exception("storing %d readings failed; will retry", len(batch))
+            self._pending[:0] = batch
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Listener:
+    """The ``DeviceListener`` one driver gets; it only forwards, tagged with the driver's entry."""
+
+    def __init__(self, fleet: DeviceFleet, entry: _Entry) -> None:
+        self._fleet = fleet
+        self._entry = entry
+
+    def on_reading(self, reading: Reading) -> None:
+        self._fleet.reading(self._entry, reading)
+
+    def on_event(self, event: DeviceEvent) -> None:
+        self._fleet.event(self._entry, event)
+
+    def on_state(self, device: Device) -> None:
+        self._fleet.state_changed(self._entry)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _result_json(result: CommandResult) -> dict[str, Any]:
+    body: dict[str, Any] = {"ok": result.ok, "message": result.message}
+    if result.data:
+        body["data"] = _jsonable(result.data)
+    if result.retry_after_s is not None:
+        body["retry_after_s"] = result.retry_after_s
+    return body
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------
+FLEET_KEY: web.AppKey[DeviceFleet] = web.AppKey("fleet", DeviceFleet)
+routes = Routes(tag="devices")
+
+_DEVICE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "kind", "port", "state"],
+    "properties": {
+        "id": {"type": "string"},
+        "device_id": {"type": ["string", "null"]},
+        "kind": {"type": "string"},
+        "port": {"type": "string"},
+        "name": {"type": ["string", "null"]},
+        "state": {"type": "string"},
+        "link": {"type": "object"},
+        "last_readings": {"type": "object"},
+        "identity": {"type": "object"},
+    },
+}
+_COMMAND_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["cmd"],
+    "properties": {"cmd": {"type": "string", "minLength": 1, "maxLength": 64},
+                   "params": {"type": "object"}},
+    "additionalProperties": False,
+}
+_RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "message"],
+    "properties": {"ok": {"type": "boolean"}, "message": {"type": "string"}, "data": {"type": "object"},
+                   "retry_after_s": {"type": "number"}},
+}
+
+
+def _fleet_entry(request: web.Request) -> tuple[DeviceFleet, _Entry]:
+    fleet = request.app[FLEET_KEY]
+    entry = fleet.find(request.match_info["id"])
+    if entry is None:
+        raise Problem(404, f"no device {request.match_info['id']!r}", kind="unknown-device")
+    return fleet, entry
+
+
+@routes.get("/v1/devices", summary="List devices with their state and last readings", auth="agent",
+            responses={200: {"type": "object", "properties": {"devices": {"type": "array", "items": _DEVICE_SCHEMA}}}})
+async def list_devices(request: web.Request) -> web.Response:
+    fleet = request.app[FLEET_KEY]
+    return web.json_response({"devices": [fleet.describe(e) for e in fleet.entries],
+                              "remote": _jsonable(fleet.remote)})
+
+
+@routes.get("/v1/devices/{id}", summary="One device: identity, last readings, link statistics", auth="agent",
+            responses={200: _DEVICE_SCHEMA})
+async def get_device(request: web.Request) -> web.Response:
+    fleet, entry = _fleet_entry(request)
+    return web.json_response(fleet.describe(entry))
+
+
+@routes.post(
+    "/v1/devices/{id}/commands",
+    summary="Send a command and wait for the device's ACK or NACK",
+    auth="agent",
+    request=_COMMAND_SCHEMA,
+    responses={200: _RESULT_SCHEMA, 409: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA, 503: PROBLEM_SCHEMA,
+               504: PROBLEM_SCHEMA},
+)
+async def post_command(request: web.Request) -> web.Response:
+    fleet, entry = _fleet_entry(request)
+    body = await read_json(request)
+    try:
+        result = await fleet.command(entry, body["cmd"], body.get("params", {}))
+    except NotReadyError as exc:
+        raise Problem(409, f"device has not identified itself yet: {exc}", kind="not-identified") from None
+    except DeviceTimeoutError as exc:
+        raise Problem(504, f"no answer from the device: {exc}", kind="device-timeout") from None
+    except LinkError as exc:
+        raise Problem(503, f"device link is down: {exc}", kind="link-down") from None
+    if not result.ok and result.retry_after_s is not None:
+        raise Problem(429, result.message, kind="device-budget", retry_after_s=result.retry_after_s,
+                      headers={"Retry-After": str(max(1, math.ceil(result.retry_after_s)))})
+    return web.json_response(_result_json(result))
