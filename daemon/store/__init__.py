@@ -23,6 +23,7 @@ from daemon.store.db import Database, IntegrityMode
 from daemon.store.embedders import Embedder
 from daemon.store.errors import StoreClosedError, StoreError
 from daemon.store.memory import Memory, MemoryItem, SearchHit
+from daemon.store.maif_io import ExportResult, ImportResult, export, import_file, verify, verify_maif_file
 from daemon.store.outbox import Outbox, OutboxRecord, OutboxStats
 from daemon.store.signing import Ed25519Signer, PayloadCipher, Signer, load_encryption_key
 
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
     from drivers.model import Reading
 
 __all__ = [
-    "AuditRecord", "Block", "BlockInfo", "BlockInput", "Ed25519Signer", "Embedder", "MemoryItem",
-    "OutboxRecord", "OutboxStats", "SearchHit", "Signer", "Store", "StoreError", "VerifyReport",
+    "AuditRecord", "Block", "ExportResult", "ImportResult", "BlockInfo", "BlockInput", "Ed25519Signer", "Embedder", "MemoryItem",
+    "OutboxRecord", "OutboxStats", "SearchHit", "Signer", "Store", "StoreError", "VerifyReport", "export", "import_file", "verify",
+    "verify_maif_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Store:
             encryption_key = load_encryption_key(encryption_key)
         self._cipher = PayloadCipher(encryption_key) if encryption_key is not None else None
         self._clock = clock
+        self.clock = clock
         self._ttl_sweep_s = ttl_sweep_s
         self.db = Database(self.path, integrity=integrity_check, max_group=max_group)
         self._ckpt = Checkpointer(signer, clock)

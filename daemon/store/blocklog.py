@@ -22,7 +22,7 @@ import sqlite3
 import struct
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from daemon.store.errors import InvalidInputError, SignatureError, StoreError
@@ -320,6 +320,20 @@ class BlockLog:
 
         def run(conn: sqlite3.Connection) -> list[BlockInfo]:
             prepared = [self._prepare(item, now_us) for item in prepared_items]
+            return self.insert_prepared(conn, prepared)
+
+        return await self._db.write(run)
+
+    async def append_raw(self, items: Sequence[BlockInput], flags: Mapping[bytes, int]) -> list[BlockInfo]:
+        """Append blocks exactly as given (already encrypted payloads keep their flag); used by import."""
+        now_us = int(self._clock() * 1_000_000)
+        prepared_items = list(items)
+
+        def run(conn: sqlite3.Connection) -> list[BlockInfo]:
+            prepared = []
+            for item in prepared_items:
+                block_id, fourcc, _, ts_us, meta, payload, chash = self._prepare(replace(item, encrypt=False), now_us)
+                prepared.append((block_id, fourcc, flags.get(block_id, 0) & STORED_FLAGS, ts_us, meta, payload, chash))
             return self.insert_prepared(conn, prepared)
 
         return await self._db.write(run)
