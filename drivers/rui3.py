@@ -37,6 +37,7 @@ _LOGGER = logging.getLogger(__name__)
 PRECV_CONTINUOUS = 65534  # RUI3: AT+PRECV=65534 listens until AT+PRECV=0
 PRECV_STOP = 0
 MAX_PAYLOAD = 255  # bytes per AT+PSEND (SX126x FIFO / RUI3 limit)
+MAX_LINE = 600  # "+EVT:RXP2P:-120:-20:" and 510 hex digits fit
 
 # RUI3 status strings (AT Command Manual, "AT Command Output") and what they mean to a caller.
 AT_ERRORS: Mapping[str, str] = {
@@ -251,7 +252,7 @@ class Rui3Modem:
         self._wall = wall_clock
         self._clock = clock
         self._link = SerialLink(port, self, backoff=backoff, on_state=lambda _link: self._state_changed())
-        self._splitter = LineSplitter()
+        self._splitter = LineSplitter(MAX_LINE)
         self._lock = asyncio.Lock()  # one AT command in flight
         self._response: asyncio.Future[list[str]] | None = None
         self._collected: list[str] = []
@@ -432,7 +433,7 @@ class Rui3Modem:
 
     # --- LinkProtocol -----------------------------------------------------------------------------
     def connection_made(self, link: SerialLink) -> None:
-        self._splitter = LineSplitter()
+        self._splitter = LineSplitter(MAX_LINE)
         self._start_init()
 
     def connection_lost(self, exc: Exception | None) -> None:
