@@ -55,6 +55,7 @@ _LOGGER = logging.getLogger(__name__)
 SIDE_A = int(mdp.Endpoint.SIDE_A)
 SIDE_B = int(mdp.Endpoint.SIDE_B)
 
+_LEG_NAMES = {SIDE_A: "side_a", SIDE_B: "side_b"}
 # Side B's transport commands (PROTOCOLS.md section 1); everything else goes to Side A.
 SIDE_B_COMMANDS = frozenset({"transport_status", "lora_send", "ble_advertise", "wifi_connect", "sim_send"})
 # The board executes a retried command again; these are not safe to repeat (a second radio message).
@@ -177,6 +178,7 @@ class MycoBrain:
         self._last_rx = 0.0
         self._warned: set[str] = set()
         self._reading_seq = 0
+        self._legs_seen: set[int] = set()
 
     # --- Device protocol ------------------------------------------------------------------------
     @property
@@ -211,6 +213,7 @@ class MycoBrain:
             "role": self._hello.get("role"),
             "sensors": self._hello.get("sensors", []),
             "capabilities": self._hello.get("capabilities", []),
+            "legs": sorted(_LEG_NAMES.get(src, f"0x{src:02X}") for src in self._legs_seen),
             "side_b": dict(self._side_b),
             "transport_status": dict(self._transport),
             "estop": self._estop,
@@ -408,6 +411,7 @@ class MycoBrain:
             self._stats["other_types"] += 1
 
     def _track_seq(self, frame: mdp.Frame) -> None:
+        self._legs_seen.add(frame.src)
         last = self._last_seq.get(frame.src)
         self._last_seq[frame.src] = frame.seq
         if last is None or frame.seq == last + 1:
@@ -508,7 +512,9 @@ class MycoBrain:
         key = (frame.src, frame.ack)
         pending = self._pending.get(key)
         data = dict(pending.data) if pending is not None else {}
-        if self._resolve(key, CommandResult(success, message, data)):
+        if pending is not None and pending.future.done():
+            self._stats["duplicate_acks"] += 1
+        elif self._resolve(key, CommandResult(success, message, data)):
             self._stats["acks" if success else "nacks"] += 1
             if not success:
                 self._nack_reasons[message] += 1
