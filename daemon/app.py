@@ -19,12 +19,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, Info
+from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
 
 from daemon import __version__, devices
 from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
 from daemon.config import Config, parse_listen
-from daemon.devices import FLEET_KEY, DeviceFactory, DeviceFleet
+from daemon.devices import FLEET_KEY, DeviceFleet
 from daemon.mqtt import BrokerLink, BrokerState
 from daemon.openapi import Routes
 from daemon.sdnotify import Notifier
@@ -87,6 +87,7 @@ async def run(config: Config, *, stop: asyncio.Event | None = None, notifier: No
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
+    disable_created_metrics()  # the *_created series double the scrape for no operator value
     registry = CollectorRegistry()
     Info("mycoedge_build", "Version of the running daemon", registry=registry).info(
         {"version": __version__, "node_id": config.node.id}
@@ -150,7 +151,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
     node.fleet = DeviceFleet(
         config.devices,
-        factories=device_factories(),
+        factories=devices.default_factories(),
         topic_base=node.topic_base,
         node_id=config.node.id,
         broker=node.broker,
@@ -197,11 +198,6 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
     return [devices.routes]
-
-
-def device_factories() -> dict[str, DeviceFactory]:
-    """The driver for each ``[[devices]] kind``."""
-    return {}
 
 
 def _open_store(config: Config) -> Store:

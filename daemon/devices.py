@@ -36,7 +36,10 @@ from daemon.openapi import Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
 from drivers.device import CommandResult, Device, DeviceEvent, DeviceListener, LinkState
 from drivers.errors import DeviceTimeoutError, DriverError, LinkError, NotReadyError
+from drivers.lora_airtime import DutyCycleBudget, LoRaSettings
 from drivers.model import Reading
+from drivers.mycobrain import MycoBrain
+from drivers.rui3 import Rui3Modem
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +430,35 @@ def _result_json(result: CommandResult) -> dict[str, Any]:
     if result.retry_after_s is not None:
         body["retry_after_s"] = result.retry_after_s
     return body
+
+
+# ---- drivers ---------------------------------------------------------------------------------------
+def _mycobrain(config: DeviceConfig, listener: DeviceListener) -> Device:
+    return MycoBrain(
+        port=config.port,
+        listener=listener,
+        stream_rate_hz=config.stream_rate_hz,
+        baudrate=config.baudrate,
+        by_id=config.port if "/by-id/" in config.port else None,
+    )
+
+
+def _rui3(config: DeviceConfig, listener: DeviceListener) -> Device:
+    settings = LoRaSettings(sf=config.spreading_factor, bw_hz=config.bandwidth_khz * 1000,
+                            coding_rate=config.coding_rate, preamble=config.preamble)
+    return Rui3Modem(
+        config.port,
+        listener,
+        frequency_hz=config.frequency_hz,
+        settings=settings,
+        tx_power_dbm=config.tx_power_dbm,
+        budget=DutyCycleBudget(duty_cycle=config.duty_cycle_pct / 100.0),
+    )
+
+
+def default_factories() -> dict[str, DeviceFactory]:
+    """The driver for each ``[[devices]] kind``."""
+    return {"mycobrain": _mycobrain, "rui3": _rui3}
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
