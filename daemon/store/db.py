@@ -111,7 +111,10 @@ def check_integrity(conn: sqlite3.Connection, mode: IntegrityMode) -> None:
     if mode == "off":
         return
     pragma = "integrity_check" if mode == "full" else "quick_check"
-    rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    try:
+        rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise CorruptDatabaseError([str(exc)]) from exc
     if rows != ["ok"]:
         raise CorruptDatabaseError(rows)
 
@@ -241,8 +244,12 @@ class Database:
         try:
             conn = open_connection(self.path)
             try:
-                migrate(conn)
+                # Check before migrating: a migration must never write into a damaged file.
                 check_integrity(conn, self._integrity)
+                migrate(conn)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise CorruptDatabaseError([str(exc)]) from exc
             except BaseException:
                 conn.close()
                 raise
