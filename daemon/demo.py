@@ -13,6 +13,9 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,34 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[str, Any]]:
+    """Simulated MycoBrain boards as separate processes, each on its own pty, as real boards would appear."""
+    devdir.mkdir(parents=True, exist_ok=True)
+    devices: list[dict[str, Any]] = []
+    for index in range(count):
+        path = devdir / f"mycobrain-{index}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "firmware_stubs", "mycobrain", "--side", "a", "--seed", str(index + 1),
+             "--path", str(path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        children.callback(_stop_child, proc)
+        devices.append({"kind": "mycobrain", "port": str(path), "name": f"demo-board-{index}"})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(Path(d["port"]).exists() for d in devices):
+        time.sleep(0.05)
+    return devices
+
+
+def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main(args: argparse.Namespace) -> int:
     logs.setup("INFO")
     workdir: Path = args.dir or default_dir()
@@ -54,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
         "mqtt": {"enabled": False},
     }
     with ExitStack() as children:
+        devices = _start_boards(children, workdir / "dev", args.boards)
+        raw["devices"] = devices
         try:
             broker = MosquittoProcess(workdir / "mosquitto")
             broker.start()
@@ -70,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  broker  {broker_line}")
         print(f"  token   {config.admin_token_path}  (Authorization: Bearer {token[:6]}...)")
         print(f"  state   {config.node.state_dir}")
+        for device in devices:
+            print(f"  device  {device['kind']} on {device['port']} (simulated)")
         print("  Ctrl-C stops everything the demo started.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(app.run(config))
