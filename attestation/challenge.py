@@ -15,6 +15,7 @@ No I/O and no TPM: the verifier runs on the event loop (each call is microsecond
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -280,7 +281,8 @@ class Verifier:
         if identity.ek_certificate is not None:
             if self.policy.ca_bundle is None:
                 raise EkCertificateError("no EK CA bundle is configured")
-            verify_ek_certificate(identity.ek_certificate, self.policy.ca_bundle)
+            now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+            verify_ek_certificate(identity.ek_certificate, self.policy.ca_bundle, now=now)
             check_ek_matches_certificate(ek, identity.ek_certificate)
             return "certificate"
         if claimed_id is not None and claimed_id != this_ek_id:
