@@ -59,6 +59,9 @@ _AK_ATTRIBUTES = (
     | TPMA_OBJECT.FIXEDPARENT
     | TPMA_OBJECT.SENSITIVEDATAORIGIN
     | TPMA_OBJECT.USERWITHAUTH
+    # Empty-auth keys gain nothing from dictionary-attack protection, and without NODA every unclean
+    # shutdown (swtpm killed, power cut) counts as a failed try until the TPM locks out (TPM 2.0 Part 1, 19.8.6).
+    | TPMA_OBJECT.NODA
 )
 _SIGNER_ATTRIBUTES = _AK_ATTRIBUTES & ~TPMA_OBJECT.RESTRICTED
 _SEAL_ATTRIBUTES = TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.NODA
@@ -397,7 +400,8 @@ class Tpm:
             # An ECC P-256 storage primary (TCG TPM v2.0 Provisioning Guidance, 7.5.1 SRK template):
             # derived from the owner seed, so the same key every time, nothing stored.
             template = TPM2B_PUBLIC.parse(
-                "ecc256:aes128cfb", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
+                "ecc256:aes128cfb",
+                objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS | TPMA_OBJECT.NODA,
             )
             with _tpm_errors("creating the storage root key"):
                 handle, _, _, _, _ = self.ectx.create_primary(None, template, ESYS_TR.OWNER)

@@ -132,9 +132,7 @@ async def test_pcrs_off_policy_and_event_log_replay(swtpm_b: Swtpm, ca_bundle: b
     assert pinned.stats()["refused_pcr_mismatch"] == 1
 
 
-async def test_re_attestation_runs_on_schedule_and_level_lapses_with_quote_age(
-    swtpm_a: Swtpm, tmp_path: Path
-) -> None:
+async def test_re_attestation_runs_on_schedule_and_level_lapses_with_quote_age(swtpm_a: Swtpm, tmp_path: Path) -> None:
     now = [time.time()]
     config = node_config(swtpm_a, tmp_path, interval_s=0.05, max_quote_age_s=60.0)
     async with NodeAttestor(config, clock=lambda: now[0]) as node:
