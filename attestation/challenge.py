@@ -449,8 +449,9 @@ class Verifier:
         return out
 
     def _expire(self, now: float) -> None:
-        # Consumed or expired challenges are kept a while so a replay is recognised as one, then dropped.
-        horizon = now - 10 * self.policy.challenge_ttl_s
+        # Consumed or expired challenges are kept one more TTL so a late replay is recognised as one, then
+        # dropped (a replay after that is an unknown challenge: still refused, and memory stays bounded).
+        horizon = now - self.policy.challenge_ttl_s
         while self._pending:
             first = next(iter(self._pending.values()))
             if first.challenge.expires_at >= horizon:
