@@ -208,3 +208,28 @@ async def test_bad_lines_and_corrupt_packets_are_counted_not_fatal(rig: Rig) -> 
     rig.remote.send_hello()
     await wait_for(lambda: any(e.name == "hello" for e in rig.rec.events))
     assert rig.modem.state is LinkState.STREAMING
+
+
+async def test_lossy_corrupting_delaying_radio_loses_frames_but_never_lies() -> None:
+    """Lost and corrupted packets only cost readings: every reading that arrives is exact."""
+    channel = RadioChannel(settings=LoRaSettings(sf=7), loss=0.25, corruption=0.3, delay_s=0.005, time_scale=0.01)
+    remote = RemoteMycoBrain(channel, device_id="mycobrain-aa0001")
+    rec = Recorder()
+    async with Rui3ModemStub(channel) as stub:
+        modem = rui3.Rui3Modem(stub.path, rec, backoff=Backoff(base_s=0.05, cap_s=0.2), hello_interval_s=0.0)
+        async with modem:
+            await wait_for(lambda: modem.state is LinkState.STREAMING)
+            for i in range(40):
+                remote.environment["a"]["temperature_c"] = 20.0 + i
+                remote.send_telemetry()
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            stats = modem.stats()
+            temps = [r.quantities["temperature_c"].value for r in rec.readings if r.sensor == "bme688_a"]
+            assert 0 < len(temps) < 40
+            assert set(temps) <= {20.0 + i for i in range(40)}
+            assert all(r.device_id == "mycobrain-aa0001" for r in rec.readings)
+            assert sum(v for k, v in stats.items() if k.startswith("mdp_")) > 0
+            assert channel.stats["lost"] > 0
+            assert modem.state is LinkState.STREAMING
+    channel.close()
