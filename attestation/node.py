@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation.agent import answer_challenge
 from attestation.challenge import Clock, TrustGrant, Verifier, VerifierPolicy
-from attestation.errors import AttestationError, TpmUnavailableError
+from attestation.errors import AttestationError, TpmError, TpmUnavailableError
 from attestation.levels import SOFTWARE_TRUST_CAP, TrustLevel
 from attestation.pcr import PcrPolicy, PcrSelection
 from attestation.runner import ResourceThread
@@ -116,6 +116,10 @@ def _open_backend(config: NodeAttestationConfig) -> _Backend:
             if config.require_tpm:
                 raise
             _log.warning("TPM at %r is unavailable", config.tcti)
+        except TpmError as exc:  # a TPM answered but cannot give us an EK/AK (e.g. no EK certificate)
+            if config.require_tpm:
+                raise
+            _log.error("TPM at %r is present but unusable: %s", config.tcti, exc)
         else:
             try:
                 return _Backend(tpm, None, ca_bundle, tpm.signer_public_pem(), config.event_log)

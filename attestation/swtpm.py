@@ -80,6 +80,14 @@ def provision(state_dir: Path, ca_dir: Path) -> ProvisionedState:
     return ProvisionedState(state_dir=state_dir, ca_bundle=bundle)
 
 
+def ensure_provisioned(state_dir: Path, ca_dir: Path) -> ProvisionedState:
+    """Provision once and reuse afterwards (``mycoedge demo`` restarts keep their TPM, AK and sealed keys)."""
+    bundle = ca_dir / "ca-bundle.pem"
+    if (state_dir / "tpm2-00.permall").exists() and bundle.exists():
+        return ProvisionedState(state_dir=state_dir, ca_bundle=bundle)
+    return provision(state_dir, ca_dir)
+
+
 def copy_state(source: ProvisionedState, state_dir: Path) -> ProvisionedState:
     """A copy of a manufactured state (same EK, same CA): cheaper than provisioning again (~1.3 s)."""
     state_dir.mkdir(parents=True, exist_ok=True)

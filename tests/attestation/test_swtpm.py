@@ -168,3 +168,21 @@ async def test_without_a_tpm_the_node_runs_on_a_software_key_capped_at_2(
     with pytest.raises(errors.TpmUnavailableError):
         async with NodeAttestor(replace(config, require_tpm=True)):
             pass
+
+
+async def test_a_tpm_without_an_ek_certificate_attests_through_its_enrolled_ek_id(swtpm_b: Swtpm) -> None:
+    # swtpm provisions no ECC P-256 EK certificate (NV 0x01c0000a): the verifier enrolls the EK's id instead.
+    async with Attester(swtpm_b.tcti, ek_kind="ecc256") as agent:
+        identity = await agent.identity()
+        assert identity.ek_certificate is None
+        certs = await agent.run(lambda tpm: tpm.ek_certificates())
+        assert set(certs) == {"rsa2048", "ecc384"}
+        from attestation.verify import ek_id
+
+        enrolled = Verifier(
+            VerifierPolicy(enrolled_ek_ids=frozenset({ek_id(identity.ek_public)}), pcr_selection=SELECTION)
+        )
+        grant = await attest_over_the_wire(enrolled, agent, "no-cert")
+        assert grant.ek_basis == "enrolled"  # type: ignore[attr-defined]
+        with pytest.raises(errors.EkNotEnrolledError):
+            await attest_over_the_wire(Verifier(VerifierPolicy(pcr_selection=SELECTION)), agent, "no-cert")

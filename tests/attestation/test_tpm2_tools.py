@@ -33,7 +33,9 @@ class Tools:
         self.cwd = cwd
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            list(args), env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=30, check=False
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed: {result.stderr[-500:]}")
         return result
