@@ -79,13 +79,19 @@ class ChallengeExpiredError(EvidenceRefusedError):
     reason = "challenge_expired"
 
 
-class NonceMismatchError(EvidenceRefusedError):
+class SignedOtherDataError(EvidenceRefusedError):
+    """The AK's signature is genuine but over other data than this challenge asked for (subclasses say what)."""
+
+    reason = "signed_other_data"
+
+
+class NonceMismatchError(SignedOtherDataError):
     """The quote is signed correctly but over other data: its extraData is not this challenge's nonce."""
 
     reason = "nonce_mismatch"
 
 
-class QuoteStructureError(EvidenceRefusedError):
+class QuoteStructureError(SignedOtherDataError):
     """The signed TPMS_ATTEST is not a TPM-generated quote (wrong magic or attestation type)."""
 
     reason = "not_a_tpm_quote"
@@ -152,7 +158,7 @@ class EkNotEnrolledError(EvidenceRefusedError):
 
 
 class QuoteTooOldError(EvidenceRefusedError):
-    """The quote is older than the policy's maximum quote age."""
+    """The last good quote is older than the policy's maximum quote age: level 3 has lapsed."""
 
     reason = "quote_too_old"
 

@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives import serialization
 
 from attestation.agent import answer_challenge
 from attestation.challenge import Clock, TrustGrant, Verifier, VerifierPolicy
-from attestation.errors import AttestationError, TpmError, TpmUnavailableError
+from attestation.errors import (
+    AttestationError,
+    NotAttestedError,
+    QuoteTooOldError,
+    TpmError,
+    TpmUnavailableError,
+)
 from attestation.levels import SOFTWARE_TRUST_CAP, TrustLevel
 from attestation.pcr import PcrPolicy, PcrSelection
 from attestation.runner import ResourceThread
@@ -219,7 +225,8 @@ class NodeAttestor:
             return NodeTrust(mode="software", level=SOFTWARE_TRUST_CAP, reason="no_tpm")
         grant = self.verifier.grant(self.config.node_id) if self.verifier is not None else None
         if grant is None:
-            return NodeTrust(mode="tpm", level=TrustLevel.UNTRUSTED, reason=self._reason or "not_attested")
+            lapsed = QuoteTooOldError.reason if self._successes else NotAttestedError.reason
+            return NodeTrust(mode="tpm", level=TrustLevel.UNTRUSTED, reason=self._reason or lapsed)
         return NodeTrust(
             mode="tpm",
             level=grant.level,

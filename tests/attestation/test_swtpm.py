@@ -143,6 +143,7 @@ async def test_re_attestation_runs_on_schedule_and_level_lapses_with_quote_age(s
         assert node.metrics()["mycoedge_attestation_success_total"] >= 3
         now[0] += 61  # the schedule is stalled for a minute (clock jump): the quote ages out
         assert node.level == TrustLevel.UNTRUSTED
+        assert node.trust.reason == "quote_too_old"
         assert (await node.attest()).level == TrustLevel.HARDWARE_ATTESTED
 
 

@@ -84,6 +84,7 @@ def test_a_quote_for_another_nonce_is_refused_as_nonce_mismatch() -> None:
     with pytest.raises(errors.NonceMismatchError) as caught:
         verify(nonce=bytes(32))
     assert caught.value.reason == "nonce_mismatch"
+    assert isinstance(caught.value, errors.SignedOtherDataError)  # genuine signature, other data
 
 
 def test_pcr_values_that_do_not_hash_to_the_quoted_digest_are_refused() -> None:
