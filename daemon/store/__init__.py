@@ -75,12 +75,14 @@ class Store:
         self._ttl_sweep_s = ttl_sweep_s
         self.db = Database(self.path, integrity=integrity_check, max_group=max_group)
         self._ckpt = Checkpointer(signer, clock)
-        self.db.add_hooks(before_commit=self._ckpt.before_commit, after_rollback=self._ckpt.after_rollback)
         self.blocks = BlockLog(
             self.db, self._ckpt, cipher=self._cipher,
             encrypt_by_default=self._cipher is not None if encrypt_blocks is None else encrypt_blocks,
             clock=clock,
         )
+        # Order matters: staged blocks are inserted before the checkpoint that signs them.
+        self.db.add_hooks(before_commit=self.blocks.flush, after_rollback=self.blocks.discard)
+        self.db.add_hooks(before_commit=self._ckpt.before_commit, after_rollback=self._ckpt.after_rollback)
         self.audit = AuditLog(self.db, self._ckpt, clock)
         self.outbox = Outbox(self.db, clock)
         self.memory = Memory(

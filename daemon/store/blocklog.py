@@ -1,12 +1,14 @@
 """The MAIF block log: FourCC-typed blocks in a SHA-256 chain, signed per group commit.
 
-Each block carries the MAIF reference's content hash (SHA-256 of the payload, folded with the canonical
-metadata JSON when there is metadata) and a chain hash::
+Each block carries a chain hash over everything stored about it::
 
     chain_hash = SHA-256(prev_hash || seq || block_id || fourcc || flags || ts_us
-                         || len(payload) || len(metadata) || content_hash)
+                         || len(payload) || len(metadata) || payload || metadata)
 
-with ``prev_hash`` the previous block's full 32-byte chain hash (zeros for the first). Before each group
+with ``prev_hash`` the previous block's full 32-byte chain hash (zeros for the first). One SHA-256 pass
+per block covers every stored byte, which keeps appends and verification close to hashing speed. The
+MAIF reference's content hash (SHA-256 of the payload, folded with the metadata) is derived from the
+stored bytes when a block is exported or sent upstream. Before each group
 COMMIT the writer signs the chain head (``Checkpointer``), in the same transaction, so every block is
 covered by a signature as soon as it is durable, and a signature costs one Ed25519 operation per commit
 rather than per block. Verification recomputes every hash and checks every checkpoint, naming the first
@@ -20,13 +22,12 @@ import json
 import re
 import sqlite3
 import struct
-import uuid
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from daemon.store.errors import InvalidInputError, SignatureError, StoreError
-from daemon.store.outbox import block_record_size
 from daemon.store.signing import PayloadCipher, Signer, verify_signature
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ FLAG_COMPRESSED = 0x08
 STORED_FLAGS = FLAG_ENCRYPTED | FLAG_COMPRESSED
 
 _FOURCC_RE = re.compile(r"^[A-Z0-9_ ]{4}$")
-_HEADER = struct.Struct(">Q16s4sIQII32s")
+_HEADER = struct.Struct(">Q16s4sIQII")
 _CKPT_DOMAIN = b"MYCOEDGE-CHECKPOINT-V1\x00"
 
 # Largest payload one block may carry: bounds memory on import and in the outbox rendering.
@@ -80,15 +81,26 @@ def content_hash(payload: bytes, metadata_json: bytes) -> bytes:
 
 
 def chain_hash(
-    prev_hash: bytes, seq: int, block_id: bytes, fourcc: str, flags: int, ts_us: int,
-    payload_len: int, metadata_len: int, chash: bytes,
+    prev_hash: bytes, seq: int, block_id: bytes, fourcc: str, flags: int, ts_us: int, payload: bytes, metadata: bytes
 ) -> bytes:
-    header = _HEADER.pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, payload_len, metadata_len, chash)
-    return hashlib.sha256(prev_hash + header).digest()
+    header = _HEADER.pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(metadata))
+    return hashlib.sha256(prev_hash + header + payload + metadata).digest()
 
 
 def checkpoint_message(chain: str, upto_seq: int, head_hash: bytes) -> bytes:
     return _CKPT_DOMAIN + chain.encode() + b"\x00" + struct.pack(">Q", upto_seq) + head_hash
+
+
+def uuid7_bytes(unix_ms: int) -> bytes:
+    """A time-ordered UUID (RFC 9562 §5.7, version 7) as 16 bytes.
+
+    The MAIF reference treats block ids as opaque 16-byte UUIDs; version 7 keeps ids of new blocks
+    near the end of the block-id index, so inserting them does not touch random index pages.
+    """
+    raw = bytearray(unix_ms.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return bytes(raw)
 
 
 def check_fourcc(fourcc: str) -> str:
@@ -117,7 +129,6 @@ class BlockInfo:
     block_id: bytes
     fourcc: str
     ts_us: int
-    content_hash: bytes
     chain_hash: bytes
 
 
@@ -132,9 +143,13 @@ class Block:
     ts_us: int
     metadata: bytes
     payload: bytes
-    content_hash: bytes
     prev_hash: bytes
     chain_hash: bytes
+
+    @property
+    def content_hash(self) -> bytes:
+        """The MAIF reference's content hash of the stored payload and metadata."""
+        return content_hash(self.payload, self.metadata)
 
     @property
     def metadata_dict(self) -> dict[str, Any]:
@@ -146,13 +161,13 @@ class Block:
         return bool(self.flags & FLAG_ENCRYPTED)
 
 
-BLOCK_COLUMNS = "seq, block_id, fourcc, flags, ts_us, metadata, payload, content_hash, prev_hash, chain_hash"
+BLOCK_COLUMNS = "seq, block_id, fourcc, flags, ts_us, metadata, payload, prev_hash, chain_hash"
 
 
 def block_from_row(row: Sequence[Any]) -> Block:
     return Block(
         int(row[0]), bytes(row[1]), str(row[2]), int(row[3]), int(row[4]), bytes(row[5]), bytes(row[6]),
-        bytes(row[7]), bytes(row[8]), bytes(row[9]),
+        bytes(row[7]), bytes(row[8]),
     )
 
 
@@ -240,6 +255,8 @@ class BlockLog:
         self._cipher = cipher
         self._encrypt_default = encrypt_by_default and cipher is not None
         self._clock = clock
+        self._staged: list[tuple[Any, ...]] = []
+        self._staged_ids: set[bytes] = set()
 
     def setup(self, conn: sqlite3.Connection) -> None:
         """Writer thread, at open: load the chain head."""
@@ -247,12 +264,12 @@ class BlockLog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _prepare(self, item: BlockInput, now_us: int) -> tuple[bytes, str, int, int, bytes, bytes, bytes]:
+    def _prepare(self, item: BlockInput, now_us: int) -> tuple[bytes, str, int, int, bytes, bytes]:
         fourcc = check_fourcc(item.fourcc)
         payload = bytes(item.payload)
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise InvalidInputError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        block_id = item.block_id if item.block_id is not None else uuid.uuid4().bytes
+        block_id = item.block_id if item.block_id is not None else uuid7_bytes(now_us // 1000)
         if len(block_id) != 16:
             raise InvalidInputError("block_id must be 16 bytes")
         ts_us = item.ts_us if item.ts_us is not None else now_us
@@ -264,37 +281,51 @@ class BlockLog:
                 raise InvalidInputError("encryption requested but the store has no encryption key")
             payload = self._cipher.encrypt(payload, block_id)
             flags |= FLAG_ENCRYPTED
-        return block_id, fourcc, flags, ts_us, meta, payload, content_hash(payload, meta)
+        return block_id, fourcc, flags, ts_us, meta, payload
 
     def insert_prepared(
         self,
         conn: sqlite3.Connection,
-        prepared: Sequence[tuple[bytes, str, int, int, bytes, bytes, bytes]],
+        prepared: Sequence[tuple[bytes, str, int, int, bytes, bytes]],
     ) -> list[BlockInfo]:
-        """Insert already-hashed blocks and their outbox records (writer thread, inside a job)."""
+        """Chain already-hashed blocks and stage their rows (writer thread, inside a job).
+
+        The rows are inserted by ``flush`` just before the group COMMIT, with one ``executemany`` for
+        every block of the group; a job therefore either stages all of its blocks or raises before
+        staging any, and the only failures left for ``flush`` are I/O errors, which fail the group.
+        """
+        for block_id, *_ in prepared:
+            if block_id in self._staged_ids or conn.execute(
+                "SELECT 1 FROM blocks WHERE block_id = ?", (block_id,)
+            ).fetchone():
+                raise InvalidInputError(f"block {block_id.hex()} already exists")
         head = self._ckpt.heads["maif"]
         seq, prev = head.seq, head.hash
-        created = self._clock()
         rows = []
-        outbox_rows = []
         infos = []
-        for block_id, fourcc, flags, ts_us, meta, payload, chash in prepared:
+        for block_id, fourcc, flags, ts_us, meta, payload in prepared:
             seq += 1
-            chained = chain_hash(prev, seq, block_id, fourcc, flags, ts_us, len(payload), len(meta), chash)
-            rows.append((seq, block_id, fourcc, flags, ts_us, meta, payload, chash, prev, chained))
-            outbox_rows.append(
-                (block_id.hex(), seq, created, block_record_size(seq, flags, ts_us, len(meta), len(payload)))
-            )
-            infos.append(BlockInfo(seq, block_id, fourcc, ts_us, chash, chained))
+            chained = chain_hash(prev, seq, block_id, fourcc, flags, ts_us, payload, meta)
+            rows.append((seq, block_id, fourcc, flags, ts_us, meta, payload, prev, chained))
+            infos.append(BlockInfo(seq, block_id, fourcc, ts_us, chained))
             prev = chained
-        conn.executemany(f"INSERT INTO blocks({BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        conn.executemany(
-            "INSERT INTO outbox(stream, record_id, ref_block, created, nbytes) VALUES ('maif', ?, ?, ?, ?)",
-            outbox_rows,
-        )
-        # Only now, with every insert done, does the in-memory head move (a failed job leaves it alone).
+        # Only now, with every check passed, do the staged rows and the in-memory head move.
+        self._staged.extend(rows)
+        self._staged_ids.update(r[1] for r in rows)
         head.seq, head.hash, head.dirty = seq, prev, True
         return infos
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """``before_commit`` hook: insert the group's staged blocks in chain order."""
+        if self._staged:
+            rows, self._staged = self._staged, []
+            self._staged_ids.clear()
+            conn.executemany(f"INSERT INTO blocks({BLOCK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def discard(self, conn: sqlite3.Connection) -> None:
+        """``after_rollback`` hook: staged rows of a failed group are forgotten with it."""
+        self._staged = []
+        self._staged_ids.clear()
 
     async def append(
         self,
@@ -322,7 +353,7 @@ class BlockLog:
             prepared = [self._prepare(item, now_us) for item in prepared_items]
             return self.insert_prepared(conn, prepared)
 
-        return await self._db.write(run)
+        return await self._db.write(run, savepoint=False)
 
     async def append_raw(self, items: Sequence[BlockInput], flags: Mapping[bytes, int]) -> list[BlockInfo]:
         """Append blocks exactly as given (already encrypted payloads keep their flag); used by import."""
@@ -332,11 +363,11 @@ class BlockLog:
         def run(conn: sqlite3.Connection) -> list[BlockInfo]:
             prepared = []
             for item in prepared_items:
-                block_id, fourcc, _, ts_us, meta, payload, chash = self._prepare(replace(item, encrypt=False), now_us)
-                prepared.append((block_id, fourcc, flags.get(block_id, 0) & STORED_FLAGS, ts_us, meta, payload, chash))
+                block_id, fourcc, _, ts_us, meta, payload = self._prepare(replace(item, encrypt=False), now_us)
+                prepared.append((block_id, fourcc, flags.get(block_id, 0) & STORED_FLAGS, ts_us, meta, payload))
             return self.insert_prepared(conn, prepared)
 
-        return await self._db.write(run)
+        return await self._db.write(run, savepoint=False)
 
     def decrypt(self, block: Block) -> bytes:
         """The plaintext payload of a block (needs the encryption key when the block is encrypted)."""
@@ -471,24 +502,26 @@ class _ChainWalk:
         prev = self.prev
         expected_seq = self.seq + 1
         for row in rows:
-            seq, block_id, fourcc, flags, ts_us, meta, payload, chash, prev_hash, chained = row
+            seq, block_id, fourcc, flags, ts_us, meta, payload, prev_hash, chained = row
             bad: str | None = None
-            digest = sha256(payload).digest()
-            if meta != b"{}":
-                digest = sha256(digest + meta).digest()
-            if seq != expected_seq:
-                bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
-            elif digest != chash:
-                bad = "content hash does not match payload and metadata"
+            try:
+                computed = sha256(
+                    prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta))
+                    + payload + meta
+                ).digest()
+            except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
+                computed = b""
+            if computed != chained:
+                if seq != expected_seq:
+                    bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
+                elif prev_hash != prev:
+                    bad = "previous hash does not match the previous block"
+                else:
+                    bad = "chain hash does not match the block's contents"
             elif prev_hash != prev:
                 bad = "previous hash does not match the previous block"
-            else:
-                try:
-                    header = pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta), chash)
-                except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
-                    header = b""
-                if not header or sha256(prev + header).digest() != chained:
-                    bad = "chain hash does not match the block header"
+            elif seq != expected_seq:
+                bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
             if bad is None and seq in self.checkpoints:
                 bad = self.check_checkpoints(seq, chained)
             if bad is not None:

@@ -123,6 +123,7 @@ def check_integrity(conn: sqlite3.Connection, mode: IntegrityMode) -> None:
 class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    savepoint: bool = True
     result: Any = None
     error: BaseException | None = None
 
@@ -218,12 +219,16 @@ class Database:
 
     # -- public API ------------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in the next group transaction; return its result once the COMMIT is durable."""
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
+        """Run ``fn`` in the next group transaction; return its result once the COMMIT is durable.
+
+        ``savepoint=False`` is for jobs that write nothing themselves (they stage rows that a
+        ``before_commit`` hook inserts), so there is nothing to roll back if they raise.
+        """
         if not self._open:
             raise StoreClosedError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writes.put(_Job(fn, future))
+        self._writes.put(_Job(fn, future, savepoint))
         return await future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -12,11 +12,12 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from daemon.store.errors import EmbedderError
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class HttpEmbedder:
         self._model = model
         self._dim = dim
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._batch = max(1, batch)
         self._session: aiohttp.ClientSession | None = None
 
@@ -98,14 +99,18 @@ class HttpEmbedder:
         return self._dim
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import aiohttp  # noqa: PLC0415 - imported on first use: most nodes never embed over HTTP
+
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         out: list[list[float]] = []
         for start in range(0, len(texts), self._batch):
             out.extend(await self._embed_batch(list(texts[start : start + self._batch])))
         return out
 
     async def _embed_batch(self, texts: list[str]) -> list[list[float]]:
+        import aiohttp  # noqa: PLC0415 - see embed()
+
         assert self._session is not None
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:

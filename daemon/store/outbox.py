@@ -3,19 +3,32 @@
 Records are appended by the writer thread in the same transaction as the data they describe (a MAIF
 block, an audit record, a memory write, a reading), so after a crash there is never data without its
 outbox record or the other way round. The uplink peeks the oldest records, sends them, and acknowledges
-up to a sequence number. MAIF blocks are not copied into the outbox: the outbox row references the block
-and ``outbox_peek`` renders it, so a block's bytes are written once.
+up to a sequence number.
+
+The ``maif`` stream is the block log itself: its records are the blocks after a per-stream cursor
+(kept in ``settings``), its ``seq`` is the block's chain position and ``created`` the block's time.
+A block therefore cannot exist without its outbox record (they are the same row), its bytes are
+written once, and acknowledging or dropping only moves the cursor: blocks are never deleted.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from daemon.store.errors import InvalidInputError
+
+
+def maif_content_hash(payload: bytes, metadata_json: bytes) -> bytes:
+    """The MAIF reference's content hash (SHA-256 of the payload, folded with non-empty metadata JSON)."""
+    digest = hashlib.sha256(payload).digest()
+    if metadata_json != b"{}":
+        digest = hashlib.sha256(digest + metadata_json).digest()
+    return digest
 
 if TYPE_CHECKING:
     from daemon.store.db import Database
@@ -62,16 +75,6 @@ def enqueue(
     )
 
 
-def enqueue_block_ref(
-    conn: sqlite3.Connection, block_seq: int, record_id: str, created: float, nbytes: int
-) -> None:
-    """Add a ``maif`` record that points at a stored block instead of copying it."""
-    conn.execute(
-        "INSERT INTO outbox(stream, record_id, ref_block, created, nbytes) VALUES ('maif', ?, ?, ?, ?)",
-        (record_id, block_seq, created, nbytes),
-    )
-
-
 _BLOCK_TEMPLATE = (
     b'{"seq":%d,"block_id":"%s","fourcc":"%s","flags":%d,"ts_us":%d,'
     b'"prev_hash":"%s","content_hash":"%s","chain_hash":"%s","metadata":%s,"payload_b64":"%s"}'
@@ -86,11 +89,11 @@ def block_record_payload(
     ts_us: int,
     metadata: bytes,
     payload: bytes,
-    content_hash: bytes,
     prev_hash: bytes,
     chain_hash: bytes,
 ) -> bytes:
     """The JSON form of a block sent upstream (metadata is embedded verbatim: it is canonical JSON)."""
+    content_hash = maif_content_hash(payload, metadata)
     return _BLOCK_TEMPLATE % (
         seq,
         block_id.hex().encode(),
@@ -105,20 +108,40 @@ def block_record_payload(
     )
 
 
+_FIXED = len(_BLOCK_TEMPLATE) - 10 * 2 + 32 + 4 + 3 * 64  # template less its ten %-fields, plus hex/fourcc
+
+
 def block_record_size(seq: int, flags: int, ts_us: int, metadata_len: int, payload_len: int) -> int:
-    """Exact length of ``block_record_payload`` without building it (hot path of every append)."""
-    fixed = len(_BLOCK_TEMPLATE) - 10 * 2  # ten %-fields
-    return (
-        fixed
-        + len(str(seq))
-        + 32
-        + 4
-        + len(str(flags))
-        + len(str(ts_us))
-        + 3 * 64
-        + metadata_len
-        + 4 * ((payload_len + 2) // 3)
+    """Exact length of ``block_record_payload`` without building it."""
+    return _FIXED + len(str(seq)) + len(str(flags)) + len(str(ts_us)) + metadata_len + 4 * ((payload_len + 2) // 3)
+
+
+# The same length as an SQL expression over a blocks row, for stats without rendering every block.
+_BLOCK_SIZE_SQL = (
+    f"{_FIXED} + length(seq) + length(flags) + length(ts_us) + length(metadata) + 4 * ((length(payload) + 2) / 3)"
+)
+_CURSOR_KEY = "outbox_cursor.maif"
+_BLOCK_ROW = "seq, block_id, fourcc, flags, ts_us, metadata, payload, prev_hash, chain_hash"
+
+
+def _maif_cursor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (_CURSOR_KEY,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _advance_maif_cursor(conn: sqlite3.Connection, new: int) -> int:
+    """Move the cursor forward (never back, never past the last block); returns records passed over."""
+    old = _maif_cursor(conn)
+    last = conn.execute("SELECT coalesce(max(seq), 0) FROM blocks").fetchone()[0]
+    new = min(int(new), int(last))
+    if new <= old:
+        return 0
+    passed = int(conn.execute("SELECT count(*) FROM blocks WHERE seq > ? AND seq <= ?", (old, new)).fetchone()[0])
+    conn.execute(
+        "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (_CURSOR_KEY, str(new)),
     )
+    return passed
 
 
 class Outbox:
@@ -151,29 +174,27 @@ class Outbox:
             return []
 
         def run(conn: sqlite3.Connection) -> list[OutboxRecord]:
-            cursor = conn.execute(
-                "SELECT o.seq, o.record_id, o.payload, o.created, o.nbytes, b.seq, b.block_id, b.fourcc,"
-                " b.flags, b.ts_us, b.metadata, b.payload, b.content_hash, b.prev_hash, b.chain_hash"
-                " FROM outbox o LEFT JOIN blocks b ON b.seq = o.ref_block"
-                " WHERE o.stream = ? ORDER BY o.seq LIMIT ?",
-                (stream, limit),
-            )
             out: list[OutboxRecord] = []
             total = 0
-            for row in cursor:
-                nbytes = int(row[4])
-                if out and total + nbytes > max_bytes:
+            if stream == "maif":
+                rows = conn.execute(
+                    f"SELECT {_BLOCK_ROW} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (_maif_cursor(conn), limit)
+                )
+                for row in rows:
+                    payload = block_record_payload(*row)
+                    if out and total + len(payload) > max_bytes:
+                        break
+                    total += len(payload)
+                    out.append(OutboxRecord(int(row[0]), stream, bytes(row[1]).hex(), payload, row[4] / 1_000_000))
+                return out
+            for seq, record_id, payload, created, nbytes in conn.execute(
+                "SELECT seq, record_id, payload, created, nbytes FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?",
+                (stream, limit),
+            ):
+                if out and total + int(nbytes) > max_bytes:
                     break
-                payload = row[2]
-                if payload is None:
-                    if row[5] is None:
-                        # The referenced block is gone (cannot happen through this API); send a tombstone
-                        # rather than stall the stream forever.
-                        payload = b'{"missing_block":true}'
-                    else:
-                        payload = block_record_payload(*row[5:15])
-                total += nbytes
-                out.append(OutboxRecord(int(row[0]), stream, str(row[1]), bytes(payload), float(row[3])))
+                total += int(nbytes)
+                out.append(OutboxRecord(int(seq), stream, str(record_id), bytes(payload), float(created)))
             return out
 
         return await self._db.read(run)
@@ -183,6 +204,8 @@ class Outbox:
         check_stream(stream)
 
         def run(conn: sqlite3.Connection) -> int:
+            if stream == "maif":
+                return _advance_maif_cursor(conn, upto_seq)
             return conn.execute("DELETE FROM outbox WHERE stream = ? AND seq <= ?", (stream, upto_seq)).rowcount
 
         return await self._db.write(run)
@@ -196,6 +219,12 @@ class Outbox:
                 "SELECT stream, count(*), coalesce(sum(nbytes), 0), min(created) FROM outbox GROUP BY stream"
             ):
                 stats[str(stream)] = OutboxStats(int(count), int(nbytes), float(oldest))
+            cursor = _maif_cursor(conn)
+            count, nbytes = conn.execute(
+                f"SELECT count(*), coalesce(sum({_BLOCK_SIZE_SQL}), 0) FROM blocks WHERE seq > ?", (cursor,)
+            ).fetchone()
+            first = conn.execute("SELECT ts_us FROM blocks WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)).fetchone()
+            stats["maif"] = OutboxStats(int(count), int(nbytes), None if first is None else first[0] / 1_000_000)
             return stats
 
         return await self._db.read(run)
@@ -207,6 +236,12 @@ class Outbox:
             return 0
 
         def run(conn: sqlite3.Connection) -> int:
+            if stream == "maif":
+                row = conn.execute(
+                    "SELECT max(seq) FROM (SELECT seq FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?)",
+                    (_maif_cursor(conn), count),
+                ).fetchone()
+                return 0 if row[0] is None else _advance_maif_cursor(conn, int(row[0]))
             return conn.execute(
                 "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?)",
                 (stream, count),
@@ -219,6 +254,16 @@ class Outbox:
         check_stream(stream)
 
         def run(conn: sqlite3.Connection) -> int:
+            if stream == "maif":
+                # A queue drops from its head: up to the first block that is not older than the limit.
+                cursor = _maif_cursor(conn)
+                row = conn.execute(
+                    "SELECT min(seq) FROM blocks WHERE seq > ? AND ts_us >= ?", (cursor, created_before * 1_000_000)
+                ).fetchone()
+                if row[0] is None:
+                    last = conn.execute("SELECT coalesce(max(seq), 0) FROM blocks").fetchone()[0]
+                    return _advance_maif_cursor(conn, int(last))
+                return _advance_maif_cursor(conn, int(row[0]) - 1)
             return conn.execute(
                 "DELETE FROM outbox WHERE stream = ? AND created < ?", (stream, created_before)
             ).rowcount

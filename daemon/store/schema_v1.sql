@@ -15,9 +15,8 @@ CREATE TABLE signers (
     added      REAL NOT NULL
 );
 
--- MAIF block log. content_hash follows the MAIF reference (SHA-256 of the payload, folded with the
--- canonical metadata JSON when there is metadata); chain_hash = SHA-256(prev_hash || block header),
--- see daemon/store/blocklog.py. prev_hash of the first block is 32 zero bytes.
+-- MAIF block log. chain_hash = SHA-256(prev_hash || header || payload || metadata), see
+-- daemon/store/blocklog.py; prev_hash of the first block is 32 zero bytes. metadata is canonical JSON.
 CREATE TABLE blocks (
     seq          INTEGER PRIMARY KEY,
     block_id     BLOB NOT NULL UNIQUE,
@@ -26,7 +25,6 @@ CREATE TABLE blocks (
     ts_us        INTEGER NOT NULL,
     metadata     BLOB NOT NULL,
     payload      BLOB NOT NULL,
-    content_hash BLOB NOT NULL,
     prev_hash    BLOB NOT NULL,
     chain_hash   BLOB NOT NULL
 );
@@ -57,13 +55,13 @@ CREATE INDEX audit_kind ON audit(kind, seq);
 CREATE INDEX audit_actor ON audit(actor, seq);
 
 -- AUTOINCREMENT: a sequence number is never reused after its records were acknowledged and deleted,
--- so the uplink's "ack up to seq" can never remove a record appended later.
+-- so the uplink's "ack up to seq" can never remove a record appended later. The "maif" stream is not
+-- stored here: it is the blocks table read after a cursor (see daemon/store/outbox.py).
 CREATE TABLE outbox (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     stream    TEXT NOT NULL,
     record_id TEXT NOT NULL,
-    payload   BLOB,
-    ref_block INTEGER,
+    payload   BLOB NOT NULL,
     created   REAL NOT NULL,
     nbytes    INTEGER NOT NULL
 );

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from daemon.store import Store
+from daemon.store.blocklog import BlockInput
 from daemon.store.errors import InvalidInputError
 from daemon.store.outbox import OutboxRecord, OutboxStats, block_record_size
 from drivers.model import Quantity, Reading
@@ -70,6 +71,7 @@ async def test_block_audit_and_reading_writes_enqueue_their_records(store: Store
     body = json.loads(block_rec.payload)
     assert body["block_id"] == info.block_id.hex() and body["chain_hash"] == info.chain_hash.hex()
     assert stats["maif"].bytes == len(block_rec.payload)
+    assert block_rec.seq == info.seq and block_rec.record_id == info.block_id.hex()
     tel = json.loads((await store.outbox_peek("telemetry", limit=1, max_bytes=10**6))[0].payload)
     assert tel["quantities"]["temperature"] == {"value": 21.5, "unit": "degC"} and tel["seq"] == 42
     assert await store.readings_count() == 2
@@ -80,5 +82,22 @@ def test_block_record_size_is_exact() -> None:
 
     for payload_len in (0, 1, 2, 3, 1024):
         payload = block_record_payload(12345, b"\x01" * 16, "TEXT", 4, 1700000000123456, b'{"a": 1}',
-                                       b"z" * payload_len, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32)
+                                       b"z" * payload_len, b"\x03" * 32, b"\x04" * 32)
         assert len(payload) == block_record_size(12345, 4, 1700000000123456, 8, payload_len)
+
+
+async def test_maif_stream_is_the_block_log_after_a_cursor(store: Store) -> None:
+    infos = await store.append_blocks([BlockInput("TEXT", bytes([i]), ts_us=1_000_000 * (i + 1)) for i in range(6)])
+    peeked = await store.outbox_peek("maif", limit=10, max_bytes=10**6)
+    assert [r.seq for r in peeked] == [i.seq for i in infos]
+    assert await store.outbox_ack("maif", infos[1].seq) == 2
+    assert await store.outbox_ack("maif", infos[0].seq) == 0  # never moves back
+    assert await store.outbox_drop_oldest("maif", count=1) == 1
+    assert await store.outbox_drop_before("maif", created_before=5.0) == 1
+    stats = await store.outbox_stats()
+    assert stats["maif"].count == 2 and stats["maif"].oldest_created == 5.0
+    rest = await store.outbox_peek("maif", limit=10, max_bytes=10**6)
+    assert [r.seq for r in rest] == [infos[4].seq, infos[5].seq]
+    assert stats["maif"].bytes == sum(len(r.payload) for r in rest)
+    assert await store.blocks.count() == 6  # acknowledging never deletes blocks
+    assert (await store.verify_blocks()).ok
