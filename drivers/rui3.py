@@ -235,7 +235,7 @@ class Rui3Modem:
         budget: DutyCycleBudget | None = None,
         response_timeout_s: float = 2.0,
         init_retries: int = 3,
-        hello_interval_s: float = 60.0,
+        hello_interval_s: float = 10.0,
         backoff: Backoff | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,

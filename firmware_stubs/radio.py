@@ -128,6 +128,7 @@ class RemoteMycoBrain:
         src: int = mdp.Endpoint.SIDE_A,
         quality: LinkQuality | None = None,
         firmware_version: str = "1.4.0",
+        reply_delay_s: float = 0.05,
     ) -> None:
         self.node = RadioNode(channel, device_id, quality=quality)
         self.node.on_packet = self._on_packet
@@ -142,6 +143,9 @@ class RemoteMycoBrain:
         }
         self.analog = {"ai1": 0.512, "ai2": 1.024, "ai3": 0.0, "ai4": 3.3, "soil_moisture": 0.41}
         self.commands: list[dict[str, Any]] = []
+        # A board needs time to parse a command and turn its radio around; answering within the same
+        # instant would race the host modem's own return to receive mode, which no real board does.
+        self.reply_delay_s = reply_delay_s
 
     def _frame(self, msg_type: int, body: Mapping[str, Any], *, ack: int = 0) -> mdp.Frame:
         frame = mdp.Frame(
@@ -203,4 +207,4 @@ class RemoteMycoBrain:
             return
         self.commands.append(body)
         if body.get("cmd") == "hello":
-            self.send_hello(ack=frame.seq)
+            asyncio.get_running_loop().call_later(self.reply_delay_s, lambda: self.send_hello(ack=frame.seq))
