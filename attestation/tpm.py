@@ -119,6 +119,7 @@ class Tpm:
         self._state_dir = state_dir
         self._ek_kind = ek_kind
         self._ek_context: Any = None  # saved context (TPMS_CONTEXT): loaded only while in use
+        self._ek_persistent: Any = None  # or the ESYS_TR of a provisioned persistent EK
         self._ek_public: TPM2B_PUBLIC | None = None
         self._ek_cert: bytes | None = None
         self._ak_handle: Any = None
@@ -182,14 +183,35 @@ class Tpm:
             except ValueError as exc:  # high-range EK without certificate: no template to recreate it
                 raise TpmError(f"EK {self._ek_kind}: {exc}") from None
         self._ek_cert = _strip_der(cert) if cert else None
-        with _tpm_errors("creating the EK"):
-            # The EK is derived from the endorsement seed: recreating it from the template yields the same
-            # key the certificate certifies, without relying on a persistent handle.
-            handle, public, _, _, _ = self.ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
-        self._ek_public = public
-        self._ek_context = self._park(handle)
-        _log.debug("EK %s ready (persistent handle would be 0x%08x)", self._ek_kind, persistent)
+        self._ek_persistent = self._persistent_ek(persistent, template)
+        if self._ek_persistent is not None:
+            with _tpm_errors("reading the EK"):
+                self._ek_public, _, _ = self.ectx.read_public(self._ek_persistent)
+            _log.debug("EK %s at persistent handle 0x%08x", self._ek_kind, persistent)
+        else:
+            with _tpm_errors("creating the EK"):
+                # The EK is derived from the endorsement seed: recreating it from the template yields the
+                # key the certificate certifies (slow on some hardware TPMs, hence the persistent handle first).
+                handle, public, _, _, _ = self.ectx.create_primary(None, template, ESYS_TR.ENDORSEMENT)
+                self._ek_public = public
+                self._ek_context = self._park(handle)
         self._load_or_create_ak()
+
+    def _persistent_ek(self, handle: int, template: TPM2B_PUBLIC) -> Any:
+        """The EK a provisioning tool left at ``handle``, if it is exactly the TCG template's key; else None."""
+        try:
+            tr = self.ectx.tr_from_tpmpublic(handle)
+            public, _, _ = self.ectx.read_public(tr)
+        except TSS2_Exception:
+            return None  # no object there (TPM_RC_HANDLE): recreate the EK from its template
+        expected = TPM2B_PUBLIC.unmarshal(bytes(template.marshal()))[0]
+        expected.publicArea.unique = public.publicArea.unique
+        if bytes(expected.marshal()) != bytes(public.marshal()):
+            _log.warning("object at 0x%08x is not a default-template EK; recreating the EK instead", handle)
+            with contextlib.suppress(TSS2_Exception):
+                self.ectx.tr_close(tr)
+            return None
+        return tr
 
     def ek_public(self) -> bytes:
         """The EK public area, marshalled TPM2B_PUBLIC."""
@@ -248,7 +270,8 @@ class Tpm:
 
     def _under_ek(self, call: Any) -> Any:
         """Run ``call(ek_handle, session)`` with the EK loaded and its policy satisfied; flush both after."""
-        with self._loaded(self._ek_context) as ek:
+        with contextlib.ExitStack() as stack:
+            ek = self._ek_persistent or stack.enter_context(self._loaded(self._ek_context))
             session = self._ek_session()
             try:
                 return call(ek, session)
