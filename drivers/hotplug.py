@@ -290,7 +290,8 @@ async def probe_port(path: str, *, duration_s: float = 3.0, baudrate: int = 1152
                       name=f"probe:{os.path.basename(path)}")
     async with link:
         try:
-            return await asyncio.wait_for(asyncio.shield(sniffer.result), duration_s)
+            async with asyncio.timeout(duration_s):
+                return await asyncio.shield(sniffer.result)
         except TimeoutError:
             return ProbeResult(None, {"listened_s": duration_s, "bytes": link.stats()["bytes_in"]})
 

@@ -229,8 +229,10 @@ class SerialLink:
             self.last_delay = delay
             self._set_state(LinkState.BACKOFF)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races a wake.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         # pyserial opens O_NONBLOCK and configures termios (speed, 8N1, raw); opening a tty is a

@@ -279,7 +279,8 @@ class MycoBrain:
     async def _handshake(self) -> None:
         """Wait for a HELLO; ask with ``hello`` if none comes; then set the stream rate."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._identified.wait(), self._hello_wait)
+            async with asyncio.timeout(self._hello_wait):
+                await self._identified.wait()
         attempts = 0
         while not self._identified.is_set() and self._mode != "ndjson":
             if attempts >= self._hello_attempts:
@@ -296,7 +297,8 @@ class MycoBrain:
                 await self._send_command("hello", {}, timeout=self._hello_wait, retry=False)
             if not self._identified.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._identified.wait(), 0.05)
+                    async with asyncio.timeout(0.05):
+                        await self._identified.wait()
         if self._mode == "ndjson":
             return
         await self._configure()
@@ -362,7 +364,8 @@ class MycoBrain:
                     self._link.write(wire)
                     self._stats["commands_sent"] += 1
                     try:
-                        return await asyncio.wait_for(asyncio.shield(pending.future), per_try)
+                        async with asyncio.timeout(per_try):
+                            return await asyncio.shield(pending.future)
                     except TimeoutError:
                         self._stats["ack_timeout"] += 1
                 raise DeviceTimeoutError(f"{self.port}: no answer to {name!r} (seq {seq}) after {attempts} tries")

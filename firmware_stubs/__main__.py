@@ -71,7 +71,8 @@ async def _run_mycobrain(args: argparse.Namespace) -> None:
         sys.stdout.flush()
         started = time.monotonic()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration or None)
+            async with asyncio.timeout(args.duration or None):
+                await stop.wait()
         _ = started
 
 

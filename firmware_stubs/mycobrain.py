@@ -230,6 +230,7 @@ class SideA(_Firmware):
         self.interval_s = 1.0 / max(MIN_RATE_HZ, self.initial_rate_hz)
         self.last_stream = self.booted_at
         self.ready = False
+        self._early = b""
 
     def tick(self) -> float:
         """Run the main loop once; returns seconds until something is due."""
@@ -240,6 +241,8 @@ class SideA(_Firmware):
             self.ready = True
             if self.boot_hello:
                 self.send_hello(0)
+            early, self._early = self._early, b""
+            super().receive(early)
         if now - self.last_stream >= self.interval_s:
             self.send_telemetry(0)
             self.last_stream = now
@@ -250,8 +253,12 @@ class SideA(_Firmware):
         return max(0.001, min(due, self.live_period_s if self.live_on else due))
 
     def receive(self, data: bytes) -> None:
+        # Before setup() ends the USB CDC receive buffer holds what the host sent (TinyUSB's default
+        # RX FIFO is 256 bytes); loop() reads it afterwards.
         if self.ready:
             super().receive(data)
+        else:
+            self._early = (self._early + data)[:256]
 
     # --- payloads -------------------------------------------------------------------------------
     def hello_payload(self) -> dict[str, Any]:
@@ -654,8 +661,10 @@ class MycoBrainStub:
             delay = 0.05 if not self.port.plugged or self.port.stalled else self.board.tick()
             delay = min(delay, next_stall - now, stall_end - now, next_unplug - now, unplug_end - now)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that races a wake.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.001, delay))
+                async with asyncio.timeout(max(0.001, delay)):
+                    await self._wake.wait()
 
 
 def _json_float(value: object, default: float) -> float:

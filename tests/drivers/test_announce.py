@@ -27,7 +27,7 @@ async def test_announced_updated_and_withdrawn_on_loopback() -> None:
             assert await announcer.update(trust="hardware") is True
             assert await announcer.update(trust="hardware") is False  # unchanged: no re-announce
             browser.zeroconf.cache.async_remove_records(  # forget, so the next lookup asks the network
-                [r for r in browser.zeroconf.cache.async_all_by_details(announcer.name, 16, 1)]
+                list(browser.zeroconf.cache.async_all_by_details(announcer.name, 16, 1))
             )
             seen = await lookup(browser, announcer.name)
             assert seen is not None and seen["trust"] == "hardware"
