@@ -32,6 +32,7 @@ from attestation.errors import (
     TpmUnavailableError,
 )
 from attestation.levels import SOFTWARE_TRUST_CAP, TrustLevel
+from attestation.model import AttesterIdentity, Challenge, Evidence
 from attestation.pcr import PcrPolicy, PcrSelection
 from attestation.runner import ResourceThread
 from attestation.software import SoftwareKey
@@ -299,12 +300,29 @@ class NodeAttestor:
         """Sign (e.g. a MAIF block) with the TPM-resident key, or the software key without a TPM."""
         return await self._thread.call(lambda b: b.tpm.sign(data) if b.tpm is not None else _software(b).sign(data))
 
-    async def seal(self, secret: bytes) -> bytes:
-        """Protect a data-encryption key: TPM-sealed (only this TPM opens it), or software-wrapped without TPM."""
-        return await self._thread.call(lambda b: b.tpm.seal(secret) if b.tpm is not None else _software(b).seal(secret))
+    async def seal(self, secret: bytes, *, pcrs: PcrSelection | None = None) -> bytes:
+        """Protect a data-encryption key: TPM-sealed (only this TPM opens it; with ``pcrs`` only in this PCR
+        state), or software-wrapped without a TPM (``pcrs`` cannot be honoured there and is refused)."""
+        if pcrs is not None and self.mode == "software":
+            raise TpmUnavailableError("PCR-bound sealing needs a TPM")
+        return await self._thread.call(
+            lambda b: b.tpm.seal(secret, pcrs=pcrs) if b.tpm is not None else _software(b).seal(secret)
+        )
 
     async def unseal(self, blob: bytes) -> bytes:
         return await self._thread.call(lambda b: b.tpm.unseal(blob) if b.tpm is not None else _software(b).unseal(blob))
+
+    # --- the node as an attester (to a peer node's verifier) -----------------------------------------------
+
+    async def identity(self) -> AttesterIdentity:
+        """The node's AK, EK and EK certificate, for a peer's ``POST /v1/attestation/challenge``."""
+        return await self._thread.call(lambda b: self._tpm(b).identity())
+
+    async def respond(self, challenge: Challenge) -> Evidence:
+        """Answer a peer verifier's challenge (credential activation + quote), for its ``/verify``."""
+        return await self._thread.call(
+            lambda b: answer_challenge(self._tpm(b), challenge, event_log=b.read_event_log())
+        )
 
     # --- presentation -----------------------------------------------------------------------------------
 

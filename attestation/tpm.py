@@ -27,6 +27,7 @@ from tpm2_pytss import (
     TPM2B_SENSITIVE_CREATE,
     TPML_DIGEST,
     TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
     TPMS_SENSITIVE_CREATE,
     TPMT_HA,
     TPMT_SIG_SCHEME,
@@ -99,14 +100,19 @@ class _KeyBlob:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> _KeyBlob:
+        blob, rest = cls.from_prefix(data)
+        if rest:
+            raise TpmError("stored key blob has trailing bytes")
+        return blob
+
+    @classmethod
+    def from_prefix(cls, data: bytes) -> tuple[_KeyBlob, bytes]:
         try:
             public, used = TPM2B_PUBLIC.unmarshal(data)
             private, used2 = TPM2B_PRIVATE.unmarshal(data[used:])
         except (TSS2_Exception, ValueError) as exc:
             raise TpmError(f"stored key blob does not unmarshal ({type(exc).__name__})") from None
-        if used + used2 != len(data):
-            raise TpmError("stored key blob has trailing bytes")
-        return cls(public, private)
+        return cls(public, private), data[used + used2 :]
 
 
 class Tpm:
@@ -474,24 +480,61 @@ class Tpm:
             signature = self.ectx.sign(key, TPM2B_DIGEST(digest), scheme, ticket)
         return bytes(signature)
 
-    def seal(self, secret: bytes) -> bytes:
-        """Seal up to 128 bytes (e.g. a data-encryption key) to this TPM; the blob is useless elsewhere."""
+    def seal(self, secret: bytes, *, pcrs: PcrSelection | None = None) -> bytes:
+        """Seal up to 128 bytes (e.g. a data-encryption key) to this TPM; the blob is useless elsewhere.
+
+        With ``pcrs``, the secret also opens only while those PCRs hold their current values
+        (TPM2_PolicyPCR): a changed boot chain cannot unseal it.
+        """
         if not 0 < len(secret) <= MAX_SEALED_BYTES:
             raise AttestationError(f"a sealed secret holds 1..{MAX_SEALED_BYTES} bytes")
-        template = TPM2B_PUBLIC.parse("keyedhash", objectAttributes=_SEAL_ATTRIBUTES)
+        attributes = _SEAL_ATTRIBUTES
+        policy = b""
+        if pcrs is not None:
+            attributes &= ~TPMA_OBJECT.USERWITHAUTH  # policy only (TPM 2.0 Part 1, 19.7.2)
+            with _tpm_errors("computing the PCR policy"):
+                session = self.ectx.start_auth_session(
+                    ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256
+                )
+                try:
+                    self.ectx.policy_pcr(session, b"", pcrs.to_tpml())  # empty digest: the PCRs' current values
+                    policy = bytes(self.ectx.policy_get_digest(session))
+                finally:
+                    self.ectx.flush_context(session)
+        template = TPM2B_PUBLIC.parse("keyedhash", objectAttributes=attributes)
+        template.publicArea.authPolicy = policy
         sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=secret))
         with self._storage_root() as srk, _tpm_errors("sealing"):
             private, public, _, _, _ = self.ectx.create(srk, sensitive, template)
-        return _KeyBlob(public, private).to_bytes()
+        blob = _KeyBlob(public, private).to_bytes()
+        return blob + (bytes(pcrs.to_tpml().marshal()) if pcrs is not None else b"")
 
     def unseal(self, blob: bytes) -> bytes:
-        """Recover a secret sealed by ``seal`` on this same TPM."""
-        key = _KeyBlob.from_bytes(blob)
+        """Recover a secret sealed by ``seal`` on this same TPM (and, if PCR-bound, in the same PCR state)."""
+        key, rest = _KeyBlob.from_prefix(blob)
+        pcrs = None
+        if rest:
+            try:
+                pcrs, used = TPML_PCR_SELECTION.unmarshal(rest)
+            except (TSS2_Exception, ValueError) as exc:
+                raise TpmError(f"sealed blob's PCR selection does not unmarshal ({type(exc).__name__})") from None
+            if used != len(rest):
+                raise TpmError("sealed blob has trailing bytes")
         with self._storage_root() as srk, _tpm_errors("unsealing"):
             handle = self.ectx.load(srk, key.private, key.public)
+            session = ESYS_TR.PASSWORD
             try:
-                return bytes(self.ectx.unseal(handle))
+                if pcrs is not None:
+                    session = self.ectx.start_auth_session(
+                        ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                        TPM2_ALG.SHA256,
+                    )  # fmt: skip
+                    self.ectx.policy_pcr(session, b"", pcrs)
+                return bytes(self.ectx.unseal(handle, session1=session))
             finally:
+                if session != ESYS_TR.PASSWORD:
+                    with contextlib.suppress(TSS2_Exception):
+                        self.ectx.flush_context(session)
                 self.ectx.flush_context(handle)
 
 

@@ -187,3 +187,22 @@ async def test_a_tpm_without_an_ek_certificate_attests_through_its_enrolled_ek_i
         assert grant.ek_basis == "enrolled"  # type: ignore[attr-defined]
         with pytest.raises(errors.EkNotEnrolledError):
             await attest_over_the_wire(Verifier(VerifierPolicy(pcr_selection=SELECTION)), agent, "no-cert")
+
+
+async def test_a_pcr_bound_sealed_key_opens_only_in_the_same_pcr_state(swtpm_b: Swtpm) -> None:
+    pcr16 = PcrSelection.parse("sha256:16")
+    async with Attester(swtpm_b.tcti) as agent:
+        blob = await agent.run(lambda tpm: tpm.seal(b"dek" * 8, pcrs=pcr16))
+        assert await agent.run(lambda tpm: tpm.unseal(blob)) == b"dek" * 8
+        await agent.run(lambda tpm: tpm.pcr_extend(16, hashlib.sha256(b"changed boot").digest()))
+        with pytest.raises(errors.TpmError):
+            await agent.run(lambda tpm: tpm.unseal(blob))
+
+
+async def test_a_peer_node_attests_to_another_nodes_verifier(swtpm_a: Swtpm, tmp_path: Path, ca_bundle: bytes) -> None:
+    peer_verifier = verifier_for(ca_bundle)
+    async with NodeAttestor(node_config(swtpm_a, tmp_path)) as node:
+        challenge = peer_verifier.issue_challenge("node-1", await node.identity())
+        evidence = await node.respond(Challenge.from_json(challenge.to_json()))
+    grant = peer_verifier.verify("node-1", Evidence.from_json(evidence.to_json()))
+    assert grant.level == TrustLevel.HARDWARE_ATTESTED
