@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -37,8 +37,6 @@ from attestation.errors import (
     SignatureInvalidError,
 )
 from attestation.pcr import PcrSelection, PcrValues, pcr_composite_digest
-
-_T = TypeVar("_T")
 
 _HASHES: dict[int, tuple[str, Callable[[], hashes.HashAlgorithm]]] = {
     int(TPM2_ALG.SHA1): ("sha1", hashes.SHA1),
