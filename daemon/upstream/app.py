@@ -21,10 +21,10 @@ from aiohttp import web
 from daemon.sync.wire import (
     IDEMPOTENCY_HEADER,
     INGEST_PATH,
+    MAX_INFLATED_BYTES,
     REPLAYED_HEADER,
     STREAM_RE,
     BatchDecodeError,
-    MAX_INFLATED_BYTES,
     decode_batch,
 )
 from daemon.upstream.db import UpstreamDb, response_body
