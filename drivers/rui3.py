@@ -331,17 +331,22 @@ class Rui3Modem:
             return CommandResult(True, "ok", data=self.describe())
         if self.state is not LinkState.STREAMING:
             raise NotReadyError(f"{self.port}: modem is {self.state.value}")
-        if name == "lora_send":
-            payload = _payload_param(params)
-        elif name == "mdp_command":
-            payload = self._mdp_command_payload(params)
-        else:
-            return CommandResult(False, "unknown_command")
+        try:
+            if name == "lora_send":
+                payload = _payload_param(params)
+            elif name == "mdp_command":
+                payload = self._mdp_command_payload(params)
+            else:
+                return CommandResult(False, "unknown_command")
+        except CodecError as exc:
+            return CommandResult(False, f"invalid_params: {exc}")
         return await self.send(payload, timeout=timeout)
 
     # --- sending ----------------------------------------------------------------------------------
     async def send(self, payload: bytes, *, timeout: float | None = None) -> CommandResult:
         """Transmit one packet if the duty-cycle budget allows; returns when the modem says it is out."""
+        if not 0 < len(payload) <= MAX_PAYLOAD:
+            return CommandResult(False, "payload_size", data={"bytes": len(payload), "max": MAX_PAYLOAD})
         airtime = time_on_air_s(self.settings, len(payload))
         decision = self.budget.check(airtime)
         if not decision.allowed:
@@ -508,6 +513,8 @@ class Rui3Modem:
         except mdp.MdpError:
             body = {}
             self._stats["mdp_json"] = self._stats.get("mdp_json", 0) + 1
+        if frame.flags & mdp.Flags.ACK_REQUESTED:
+            self._send_ack(frame)
         meta: dict[str, object] = {
             "rssi_dbm": pkt.rssi_dbm, "snr_db": pkt.snr_db, "via": "lora-p2p", "gateway": self._device_id,
             "src": frame.src, "mdp_seq": frame.seq,
@@ -545,6 +552,28 @@ class Rui3Modem:
             self._emit_event(board_id, str(name) if name else "event", {**body, **meta})
         else:
             self._emit_event(board_id, f"lora_{frame.type_name.lower()}", {**body, **meta})
+
+    def _send_ack(self, frame: mdp.Frame) -> None:
+        """Acknowledge a frame that asked for it, as the gateway firmware's ``sendAckToB`` does.
+
+        The ACK costs airtime like any send: when the budget refuses it, it is skipped (and counted) and the
+        board's own retry will ask again later.
+        """
+        ack = mdp.Frame(
+            mdp.MsgType.ACK, seq=self._tx_seq, ack=frame.seq, flags=mdp.Flags.IS_ACK,
+            src=mdp.Endpoint.GATEWAY, dst=frame.src,
+        )  # fmt: skip
+        self._tx_seq += 1
+        if self.state is not LinkState.STREAMING:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_counted(mdp.encode_firmware(ack), "acks"))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    async def _send_counted(self, payload: bytes, what: str) -> None:
+        result = await self.send(payload)
+        key = f"{what}_sent" if result.ok else f"{what}_skipped"
+        self._stats[key] = self._stats.get(key, 0) + 1
 
     def _ask_hello(self, src: int) -> None:
         """Ask an unknown board for its HELLO over the air, at most once per ``hello_interval_s``."""

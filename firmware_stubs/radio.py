@@ -143,6 +143,7 @@ class RemoteMycoBrain:
         }
         self.analog = {"ai1": 0.512, "ai2": 1.024, "ai3": 0.0, "ai4": 3.3, "soil_moisture": 0.41}
         self.commands: list[dict[str, Any]] = []
+        self.acks: list[int] = []  # ``ack`` fields of ACK frames addressed to this board
         # A board needs time to parse a command and turn its radio around; answering within the same
         # instant would race the host modem's own return to receive mode, which no real board does.
         self.reply_delay_s = reply_delay_s
@@ -176,6 +177,16 @@ class RemoteMycoBrain:
     def send_hello(self, *, ack: int = 0) -> float:
         return self.node.transmit(over_the_air(self._frame(mdp.MsgType.HELLO, self.hello_body(), ack=ack)))
 
+    def send_event(self, name: str, *, ack_requested: bool = False) -> float:
+        """An EVENT frame (e.g. ``estop_activated``), optionally asking the host to acknowledge it."""
+        frame = self._frame(mdp.MsgType.EVENT, {"event": name})
+        if ack_requested:
+            frame = mdp.Frame(
+                frame.msg_type, seq=frame.seq, ack=frame.ack, flags=mdp.Flags.ACK_REQUESTED,
+                src=frame.src, dst=frame.dst, payload=frame.payload,
+            )  # fmt: skip
+        return self.node.transmit(over_the_air(frame))
+
     def send_telemetry(self) -> float:
         """One TELEMETRY frame; parts are left out until it fits a LoRa packet (255 bytes)."""
         self.uptime_s += 10
@@ -198,6 +209,9 @@ class RemoteMycoBrain:
         except mdp.MdpError:
             return
         if frame.dst not in (self.src, mdp.Endpoint.SIDE_B):
+            return
+        if frame.msg_type == mdp.MsgType.ACK:
+            self.acks.append(frame.ack)
             return
         if frame.msg_type != mdp.MsgType.COMMAND:
             return

@@ -233,3 +233,24 @@ async def test_lossy_corrupting_delaying_radio_loses_frames_but_never_lies() -> 
             assert channel.stats["lost"] > 0
             assert modem.state is LinkState.STREAMING
     channel.close()
+
+
+async def test_events_asking_for_an_ack_are_acknowledged_over_the_air(rig: Rig) -> None:
+    rig.remote.send_hello()
+    await wait_for(lambda: any(e.name == "hello" for e in rig.rec.events))
+    rig.remote.send_event("estop_activated", ack_requested=True)
+    await wait_for(lambda: any(e.name == "estop_activated" for e in rig.rec.events))
+    event = next(e for e in rig.rec.events if e.name == "estop_activated")
+    assert event.device_id == "mycobrain-188534"
+    await wait_for(lambda: len(rig.remote.acks) == 1)
+    assert rig.remote.acks == [event.data["mdp_seq"]]
+
+
+async def test_invalid_send_parameters_are_answered_not_raised(rig: Rig) -> None:
+    assert (await rig.modem.command("lora_send", {"payload_hex": "zz"})).message.startswith("invalid_params")
+    assert (await rig.modem.command("lora_send", {"payload_hex": "00" * 256})).message == "payload_size"
+    assert (await rig.modem.command("mdp_command", {"cmd": 5})).message.startswith("invalid_params")
+    assert (await rig.modem.command("frobnicate", {})).message == "unknown_command"
+    status = await rig.modem.command("status", {})
+    assert status.ok
+    assert status.data["device_id"] == "rui3-ac1f09fffe057110"
