@@ -293,9 +293,8 @@ class Verifier:
 
     def _check_binding(self, pending: _Pending, ak: KeyInfo, ek: KeyInfo, this_ek_id: str, proof: bytes | None) -> None:
         if pending.secret is not None and pending.identity is not None:
-            if pending.identity.ak_public != bytes(ak.public.marshal()) or pending.identity.ek_public != bytes(
-                ek.public.marshal()
-            ):
+            presented = (bytes(ak.public.marshal()), bytes(ek.public.marshal()))
+            if presented != (pending.identity.ak_public, pending.identity.ek_public):
                 raise AkNotBoundError("evidence presents other keys than the credential was made for")
             if proof is None or not hmac.compare_digest(proof, pending.secret):
                 raise AkNotBoundError("credential activation proof is missing or wrong")

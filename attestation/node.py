@@ -37,7 +37,7 @@ from attestation.pcr import PcrPolicy, PcrSelection
 from attestation.runner import ResourceThread
 from attestation.software import SoftwareKey
 from attestation.tpm import Tpm
-from attestation.verify import ek_id, read_public, verify_ek_certificate
+from attestation.verify import ek_id, load_certificate, read_public, verify_ek_certificate
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -361,12 +361,15 @@ class NodeAttestor:
         chain: list[dict[str, Any]] = []
         chain_error = None
         if identity.ek_certificate is not None:
-            certs = [x509.load_der_x509_certificate(identity.ek_certificate)]
-            if ca_bundle is not None:
-                try:
+            certs: list[x509.Certificate] = []
+            try:
+                certs = [load_certificate(identity.ek_certificate)]
+                if ca_bundle is None:
+                    chain_error = "no CA bundle configured"
+                else:
                     certs = verify_ek_certificate(identity.ek_certificate, ca_bundle)
-                except AttestationError as exc:
-                    chain_error = exc.reason
+            except AttestationError as exc:
+                chain_error = exc.reason
             chain = [_describe_cert(c) for c in certs]
         grant = self._grant
         quote = grant.quote if grant is not None and self._reason is None else None
