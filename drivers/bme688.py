@@ -697,13 +697,10 @@ def measure(cal: Bme688Calibration, field: FieldData, variant_id: int) -> Measur
     elif not heat_stab:
         reason = "heater_not_stable"
     elif not all(
-        math.isfinite(v)
-        for v in (values.temperature_c, values.pressure_pa, values.humidity_pct, values.gas_ohm)
+        math.isfinite(v) for v in (values.temperature_c, values.pressure_pa, values.humidity_pct, values.gas_ohm)
     ):
         reason = "not_finite"
-    return Measurement(
-        values, field.new_data, gas_valid, heat_stab, field.gas_index, field.meas_index, reason
-    )
+    return Measurement(values, field.new_data, gas_valid, heat_stab, field.gas_index, field.meas_index, reason)
 
 
 def order_fields(fields: Sequence[FieldData]) -> list[FieldData]:

@@ -139,6 +139,7 @@ async def test_readings_without_status_bits_are_invalid(rig: Rig) -> None:
     assert {x.meta["invalid_reason"] for x in bad} >= {"heater_not_stable", "gas_not_valid"}
     for x in bad:
         assert "gas_ohm" not in x.quantities and "iaq" not in x.quantities
+        assert isinstance(x.meta["gas_ohm_unverified"], float)
         assert x.meta["gas_ohm_unverified"] > 0
     rig.stub.faults.no_new_data = 1
     await wait_for(lambda: rig.bridge.stats()["no_new_data"] == 1)

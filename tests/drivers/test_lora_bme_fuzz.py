@@ -82,9 +82,9 @@ def _chunks(seed: int, count: int) -> list[bytes]:
             cut = rng.randrange(len(f) + 1)
             out.append(f[:cut] if rng.random() < 0.5 else f[cut:])
         elif kind < 0.85:
-            f = bytearray(rng.choice(frags))
-            f[rng.randrange(len(f))] = rng.randrange(256)
-            out.append(bytes(f))
+            spoilt = bytearray(rng.choice(frags))
+            spoilt[rng.randrange(len(spoilt))] = rng.randrange(256)
+            out.append(bytes(spoilt))
         else:
             out.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))))
     return out

@@ -45,7 +45,7 @@ async def stub_process(*args: str) -> AsyncIterator[str]:
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 10)
-        assert line, (await proc.stderr.read()).decode() if proc.stderr else "no output"  # type: ignore[union-attr]
+        assert line, (await proc.stderr.read()).decode() if proc.stderr else "no output"
         yield line.decode().strip()
     finally:
         if proc.returncode is None:
