@@ -170,6 +170,7 @@ class NodeAttestor:
         self._failures = 0
         self._last_duration_s = 0.0
         self._warned: set[str] = set()
+        self._stale_connection = False
         self.verifier: Verifier | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------------
@@ -249,6 +250,8 @@ class NodeAttestor:
             return self.trust
         before = self.trust.level
         started = time.perf_counter()
+        if self._stale_connection:
+            await self._reconnect()
         try:
             identity = await self._thread.call(lambda b: self._tpm(b).identity())
             challenge = self.verifier.issue_challenge(self.config.node_id, identity)
@@ -263,6 +266,9 @@ class NodeAttestor:
             level = logging.DEBUG if exc.reason in self._warned else logging.WARNING
             self._warned.add(exc.reason)
             _log.log(level, "node self-attestation failed: %s (%s)", exc.reason, exc)
+            if isinstance(exc, TpmError):
+                self._stale_connection = True
+                await self._reconnect()
         else:
             self._successes += 1
             self._reason = None
@@ -273,6 +279,27 @@ class NodeAttestor:
             if self._on_change is not None:
                 self._on_change(trust)
         return trust
+
+    async def _reconnect(self) -> None:
+        """After a TPM command failed, reopen the TCTI (a restarted swtpm or tabrmd); the next attestation
+        uses the new connection. The AK and signing key come back from the state directory."""
+        config = self.config
+
+        def reopen(backend: _Backend) -> None:
+            assert config.tcti is not None
+            fresh = Tpm.open(config.tcti, state_dir=config.state_dir, ek_kind=config.ek_kind)
+            if backend.tpm is not None:
+                with contextlib.suppress(AttestationError):
+                    backend.tpm.close()
+            backend.tpm = fresh
+
+        try:
+            await self._thread.call(reopen)
+        except AttestationError as exc:
+            _log.debug("TPM reconnect failed: %s", exc.reason)
+        else:
+            self._stale_connection = False
+            _log.info("reconnected to the TPM at %r", config.tcti)
 
     @staticmethod
     def _tpm(backend: _Backend) -> Tpm:

@@ -117,9 +117,10 @@ def _free_port_pair() -> int:
 class Swtpm:
     """One running swtpm serving a provisioned state on loopback; stop it with ``stop`` or ``with``."""
 
-    def __init__(self, state: ProvisionedState) -> None:
+    def __init__(self, state: ProvisionedState, *, port: int | None = None) -> None:
         self.state = state
-        self.port = 0
+        self.port = port or 0
+        self._fixed_port = port is not None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -137,8 +138,9 @@ class Swtpm:
 
     def start(self) -> Self:
         """Start swtpm as a direct child and wait until it accepts connections (blocking, ~50 ms)."""
-        for _ in range(5):
-            self.port = _free_port_pair()
+        for _ in range(1 if self._fixed_port else 5):
+            if not self._fixed_port:
+                self.port = _free_port_pair()
             proc = subprocess.Popen(
                 [
                     "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state.state_dir}",

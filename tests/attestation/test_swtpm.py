@@ -23,7 +23,7 @@ from attestation.levels import TrustLevel
 from attestation.model import Challenge, Evidence
 from attestation.node import NodeAttestationConfig, NodeAttestor
 from attestation.pcr import PcrPolicy, PcrSelection
-from attestation.swtpm import Swtpm
+from attestation.swtpm import ProvisionedState, Swtpm, copy_state
 
 SELECTION = PcrSelection.parse("sha256:0-7,16")
 
@@ -206,3 +206,21 @@ async def test_a_peer_node_attests_to_another_nodes_verifier(swtpm_a: Swtpm, tmp
         evidence = await node.respond(Challenge.from_json(challenge.to_json()))
     grant = peer_verifier.verify("node-1", Evidence.from_json(evidence.to_json()))
     assert grant.level == TrustLevel.HARDWARE_ATTESTED
+
+
+async def test_the_node_reconnects_when_its_tpm_comes_back(
+    manufactured: dict[str, ProvisionedState], tmp_path: Path
+) -> None:
+    state = copy_state(manufactured["a"], tmp_path / "tpm")
+    swtpm = Swtpm(state).start()
+    try:
+        async with NodeAttestor(node_config(swtpm, tmp_path)) as node:
+            assert node.level == TrustLevel.HARDWARE_ATTESTED
+            swtpm.stop()
+            lost = await node.attest()
+            assert lost.level == TrustLevel.UNTRUSTED
+            assert lost.reason == "tpm_error"
+            swtpm = Swtpm(state, port=swtpm.port).start()
+            assert (await node.attest()).level == TrustLevel.HARDWARE_ATTESTED
+    finally:
+        swtpm.stop()
