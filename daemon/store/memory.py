@@ -72,6 +72,25 @@ class MemoryFilter:
     visibility: Sequence[str] | None = None
     types: Sequence[str] | None = None
     metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    # Access rule of a reader (owner_type, owner_id): its own items OR items with a visibility in
+    # ``reader_visibility``. ANDed with everything above, and evaluated inside the query.
+    reader: tuple[str, str] | None = None
+    reader_visibility: Sequence[str] = ("public",)
+
+    def access_branches(self) -> list[MemoryFilter]:
+        """The reader rule as a union of AND-only filters (vec0 KNN constraints cannot express OR)."""
+        if self.reader is None:
+            return [self]
+        own = replace(self, reader=None, owner_type=self.reader[0], owner_id=self.reader[1])
+        if (self.owner_type not in (None, self.reader[0])) or (self.owner_id not in (None, self.reader[1])):
+            own_branch: list[MemoryFilter] = []
+        else:
+            own_branch = [own]
+        allowed = list(self.reader_visibility)
+        if self.visibility is not None:
+            allowed = [v for v in allowed if v in self.visibility]
+        shared = replace(self, reader=None, visibility=allowed)
+        return [*own_branch, shared]
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +452,13 @@ class Memory:
                     continue
                 clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
                 args.extend(values)
+        if flt.reader is not None:
+            allowed = list(flt.reader_visibility)
+            marks = ",".join("?" * len(allowed)) or "NULL"
+            clauses.append(
+                f"(({alias}.owner_type = ? AND {alias}.owner_id = ?) OR {alias}.visibility IN ({marks}))"
+            )
+            args.extend([flt.reader[0], flt.reader[1], *allowed])
         for key, value in flt.metadata.items():
             if not _META_KEY_RE.match(key):
                 raise InvalidInputError(f"metadata filter key {key!r} must match {_META_KEY_RE.pattern}")
@@ -563,15 +589,19 @@ class Memory:
                 [query, *args, depth],
             ).fetchall()
         else:
-            where, args = self._vec_where(flt, now)
-            if where == "0":
-                return []
-            rows = conn.execute(
-                "SELECT c.memory_id, c.text, knn.distance FROM ("
-                f" SELECT v.chunk_id, v.distance FROM chunk_vec v WHERE v.embedding MATCH ? AND k = ? AND {where}"
-                ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance",
-                [query, depth, *args],
-            ).fetchall()
+            rows = []
+            for branch in flt.access_branches():
+                where, args = self._vec_where(branch, now)
+                if where == "0":
+                    continue
+                rows += conn.execute(
+                    "SELECT c.memory_id, c.text, knn.distance FROM ("
+                    f" SELECT v.chunk_id, v.distance FROM chunk_vec v WHERE v.embedding MATCH ? AND k = ? AND {where}"
+                    ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance",
+                    [query, depth, *args],
+                ).fetchall()
+            # Each branch is exact within its subset, so the union's best ``depth`` are among them.
+            rows.sort(key=lambda r: r[2])
         seen: set[str] = set()
         out: list[tuple[str, str, float]] = []
         for mid, chunk, distance in rows:
