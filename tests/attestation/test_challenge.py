@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attestation import errors
 from attestation.challenge import Verifier, VerifierPolicy
@@ -279,3 +281,16 @@ def test_a_statement_about_another_ak_is_refused() -> None:
     statement = json.dumps(doc, sort_keys=True).encode()
     with pytest.raises(errors.CorroborationError):
         verifier.corroborate(statement, key.sign(statement))
+
+
+FIELDS = ["quote", "signature", "ak_public", "ek_public", "ek_certificate", "activation_proof"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(FIELDS), st.binary(max_size=200))
+def test_arbitrary_bytes_in_any_evidence_field_are_refused_with_an_attestation_error(field: str, junk: bytes) -> None:
+    verifier, _ = challenged()
+    doc = dict(DATA["evidence"], **{field: base64.b64encode(junk).decode()})
+    with pytest.raises(errors.AttestationError):
+        verifier.verify(SUBJECT, Evidence.from_json(doc))
+    assert verifier.level(SUBJECT) == TrustLevel.UNTRUSTED
