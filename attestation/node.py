@@ -212,7 +212,10 @@ class NodeAttestor:
     async def _schedule(self) -> None:
         while True:
             await asyncio.sleep(self.config.interval_s)
-            await self.attest()
+            try:
+                await self.attest()
+            except Exception:  # a bug must not stop re-attestation for good; the level lapses meanwhile
+                _log.exception("scheduled node attestation crashed")
 
     # --- attestation ------------------------------------------------------------------------------------
 
