@@ -26,7 +26,7 @@ def test_password_hash_matches_mosquitto_format() -> None:
     import hashlib
 
     line = password_hash("secret", salt=b"0123456789ab")
-    _, algo, iterations, salt, digest = line.split("$")
+    _, algo, iterations, _salt, digest = line.split("$")
     assert (algo, iterations) == ("7", "101")
     assert base64.b64decode(digest) == hashlib.pbkdf2_hmac("sha512", b"secret", b"0123456789ab", 101)
 
@@ -125,7 +125,9 @@ async def test_request_response_correlation_over_http_and_mqtt(node: HubNode) ->
     async with mqtt_agent(node, b) as cb:
         await cb.subscribe(f"{BASE}/agents/agent-b/inbox", qos=1)
         await cb.publish(f"{BASE}/agents/agent-b/status", "online", qos=1, retain=True)
-        while not node.hub.registry.mqtt_online("agent-b"):
+        for _ in range(500):  # noqa: ASYNC110 - the hub offers no event for this; polling is bounded
+            if node.hub.registry.mqtt_online("agent-b"):
+                break
             await asyncio.sleep(0.01)
         ask = asyncio.create_task(node.call("POST", "/v1/messages", token=a["credentials"]["api_token"], json={
             "id": "req-1", "to": "agent-b", "type": "REQUEST", "body": "ping", "wait_s": 5}))
@@ -163,7 +165,7 @@ async def test_liveness_follows_status_and_last_will(node: HubNode) -> None:
             if node.hub.registry.online("agent-b"):
                 break
             await asyncio.sleep(0.02)
-        status, body, _ = await node.call("GET", "/v1/agents/agent-b")
+        _, body, _ = await node.call("GET", "/v1/agents/agent-b")
         assert body["status"] == "online"
         # Drop the TCP connection without DISCONNECT: the broker publishes the will.
         cb._client._sock_close()  # type: ignore[attr-defined]  # paho: simulate a lost link

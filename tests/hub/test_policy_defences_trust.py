@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -52,10 +53,8 @@ def test_priority_and_restrictiveness_decide() -> None:
 
 @given(st.binary(max_size=300))
 def test_envelope_decode_raises_only_its_error(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(EnvelopeError):
         decode(raw)
-    except EnvelopeError:
-        pass
 
 
 @given(st.builds(Envelope, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
@@ -178,7 +177,8 @@ async def test_defences_over_http(node: HubNode) -> None:
 
 
 async def test_registration_rules_and_lookups(node: HubNode) -> None:
-    status, body, _ = await node.call("POST", "/v1/agents", token=ENROL, json={"type": "CUSTOM_PIPELINE", "owner": "bob"})
+    status, body, _ = await node.call("POST", "/v1/agents", token=ENROL,
+                                      json={"type": "CUSTOM_PIPELINE", "owner": "bob"})
     assert status == 201 and body["agent"]["capabilities"] == ["KB_SEARCH", "MEMORY_READ"]
     status, _, _ = await node.call("POST", "/v1/agents", token=ENROL,
                                    json={"type": "CUSTOM_PIPELINE", "owner": "bob", "capabilities": ["MEMORY_DELETE"]})
