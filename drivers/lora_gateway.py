@@ -144,6 +144,7 @@ class LoraGateway:
         settings: LoRaSettings | None = None,
         budget: DutyCycleBudget | None = None,
         ready_wait_s: float = 1.5,
+        keepalive_s: float = 60.0,
         response_timeout_s: float = 2.0,
         backoff: Backoff | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -155,6 +156,9 @@ class LoraGateway:
         self.settings = settings or LoRaSettings()
         self.budget = budget or DutyCycleBudget(clock=clock)
         self._ready_wait = ready_wait_s
+        self._keepalive_s = keepalive_s
+        self._last_line_at = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
         self._timeout = response_timeout_s
         self._wall = wall_clock
         self._link = SerialLink(port, self, backoff=backoff, on_state=lambda _l: self._listener.on_state(self))
@@ -169,7 +173,7 @@ class LoraGateway:
         self._warned: set[str] = set()
         self._stats: dict[str, int] = {
             "lines": 0, "frames": 0, "frames_lost": 0, "sent": 0, "line_errors": 0, "json_parse_errors": 0,
-            "timeouts": 0, "duty_cycle_refusals": 0, "probes": 0,
+            "timeouts": 0, "duty_cycle_refusals": 0, "probes": 0, "stalls": 0,
         }  # fmt: skip
 
     # --- Device protocol ----------------------------------------------------------------------------
@@ -206,14 +210,16 @@ class LoraGateway:
 
     async def __aenter__(self) -> Self:
         self._link.start()
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive(), name=f"gw-alive:{self.port}")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._task, self._keepalive):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._keepalive = None
         await self._link.stop()
 
     async def command(self, name: str, params: Mapping[str, object], *, timeout: float | None = None) -> CommandResult:
@@ -265,6 +271,24 @@ class LoraGateway:
             if self._pending is fut:
                 self._pending = None
 
+    async def _keep_alive(self) -> None:
+        """After ``keepalive_s`` of silence, probe with a non-JSON line; no ``json_parse`` answer drops the link."""
+        while True:
+            await asyncio.sleep(min(1.0, self._keepalive_s / 4))
+            idle = time.monotonic() - self._last_line_at
+            if self.state is not LinkState.STREAMING or idle < self._keepalive_s or self._lock.locked():
+                continue
+            self._stats["probes"] += 1
+            try:
+                async with self._lock:
+                    await self._exchange(b"?\n", self._timeout)
+            except DeviceTimeoutError:
+                self._stats["stalls"] += 1
+                self._event("stalled", {"idle_s": round(idle, 3)})
+                self._link.fail("gateway stopped answering")
+            except LinkError:
+                continue
+
     async def _handshake(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._identified.wait(), self._ready_wait)
@@ -299,6 +323,7 @@ class LoraGateway:
                 self._on_line(raw.strip())
 
     def _on_line(self, raw: bytes) -> None:
+        self._last_line_at = time.monotonic()
         self._stats["lines"] += 1
         try:
             line = parse_line(raw)

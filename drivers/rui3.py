@@ -236,6 +236,7 @@ class Rui3Modem:
         response_timeout_s: float = 2.0,
         init_retries: int = 3,
         hello_interval_s: float = 10.0,
+        keepalive_s: float = 60.0,
         backoff: Backoff | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
@@ -249,6 +250,9 @@ class Rui3Modem:
         self._timeout = response_timeout_s
         self._init_retries = init_retries
         self._hello_interval = hello_interval_s
+        self._keepalive_s = keepalive_s
+        self._last_line_at = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
         self._wall = wall_clock
         self._clock = clock
         self._link = SerialLink(port, self, backoff=backoff, on_state=lambda _link: self._state_changed())
@@ -270,7 +274,7 @@ class Rui3Modem:
         self._stats: dict[str, int] = {
             "lines": 0, "rx_packets": 0, "tx_packets": 0, "at_errors": 0, "timeouts": 0,
             "line_errors": 0, "modem_resets": 0, "inits": 0, "duty_cycle_refusals": 0,
-            "unidentified_frames": 0, "readings": 0,
+            "unidentified_frames": 0, "readings": 0, "stalls": 0,
         }  # fmt: skip
 
     # --- Device protocol --------------------------------------------------------------------------
@@ -311,17 +315,18 @@ class Rui3Modem:
 
     async def __aenter__(self) -> Self:
         self._link.start()
+        self._keepalive = asyncio.get_running_loop().create_task(self._keep_alive(), name=f"rui3-alive:{self.port}")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        for task in [self._init_task, *self._tasks]:
+        for task in [self._init_task, self._keepalive, *self._tasks]:
             if task is not None:
                 task.cancel()
-        for task in [self._init_task, *self._tasks]:
+        for task in [self._init_task, self._keepalive, *self._tasks]:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._init_task = None
+        self._init_task = self._keepalive = None
         self._tasks.clear()
         await self._link.stop()
 
@@ -431,6 +436,29 @@ class Rui3Modem:
             return
         self._link.fail("modem did not accept the P2P configuration")
 
+    async def _keep_alive(self) -> None:
+        """A modem that hears nothing prints nothing; after ``keepalive_s`` of silence, ask ``AT``.
+
+        A hung modem (or a USB bridge that stopped forwarding) is only noticed this way: no answer drops the
+        link, which reopens and configures the modem again.
+        """
+        while True:
+            await asyncio.sleep(min(1.0, self._keepalive_s / 4))
+            idle = time.monotonic() - self._last_line_at
+            if self.state is not LinkState.STREAMING or idle < self._keepalive_s or self._lock.locked():
+                continue
+            try:
+                async with self._lock:
+                    await self._at("AT")
+            except CommandRejectedError:
+                continue  # an answer is an answer
+            except DeviceTimeoutError:
+                self._stats["stalls"] += 1
+                self._emit_event(self._device_id or self.port, "stalled", {"idle_s": round(idle, 3)})
+                self._link.fail("modem stopped answering")
+            except LinkError:
+                continue
+
     def _start_init(self) -> None:
         if self._init_task is not None and not self._init_task.done():
             self._init_task.cancel()
@@ -454,6 +482,7 @@ class Rui3Modem:
 
     def _on_line(self, raw: bytes) -> None:
         text = raw.decode("ascii", errors="replace").strip()
+        self._last_line_at = time.monotonic()
         if not text:
             return
         self._stats["lines"] += 1

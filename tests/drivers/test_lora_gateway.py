@@ -162,3 +162,21 @@ async def test_gateway_reboot_with_failed_radio_is_reported_and_sends_refused(ri
     assert any(e.name == "lora_init_failed" and e.data["err"] == -2 for e in rig.rec.events)
     result = await rig.dev.command("lora_send", {"cmd": 1, "data": []})
     assert (result.ok, result.message) == (False, "radio_not_ready")
+
+
+async def test_a_silent_hung_gateway_is_detected_and_reidentified() -> None:
+    channel = RadioChannel()
+    rec = Recorder()
+    async with LoraGatewayStub(channel) as stub:
+        dev = gw.LoraGateway(
+            stub.path, rec, ready_wait_s=0.05, keepalive_s=0.2, response_timeout_s=0.2,
+            backoff=Backoff(base_s=0.05, cap_s=0.1),
+        )  # fmt: skip
+        async with dev:
+            await wait_for(lambda: dev.state is LinkState.STREAMING)
+            stub.port.stall(True)
+            await wait_for(lambda: dev.stats()["stalls"] == 1)
+            stub.port.stall(False)
+            await wait_for(lambda: dev.state is LinkState.STREAMING)
+            assert any(e.name == "stalled" for e in rec.events)
+    channel.close()

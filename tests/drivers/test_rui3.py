@@ -254,3 +254,21 @@ async def test_invalid_send_parameters_are_answered_not_raised(rig: Rig) -> None
     status = await rig.modem.command("status", {})
     assert status.ok
     assert status.data["device_id"] == "rui3-ac1f09fffe057110"
+
+
+async def test_a_silent_hung_modem_is_detected_and_reinitialised() -> None:
+    channel = RadioChannel()
+    rec = Recorder()
+    async with Rui3ModemStub(channel) as stub:
+        modem = rui3.Rui3Modem(
+            stub.path, rec, keepalive_s=0.2, response_timeout_s=0.2, backoff=Backoff(base_s=0.05, cap_s=0.1)
+        )
+        async with modem:
+            await wait_for(lambda: modem.state is LinkState.STREAMING)
+            stub.port.stall(True)  # the modem stops answering anything
+            await wait_for(lambda: modem.stats()["stalls"] == 1)
+            assert modem.state is not LinkState.STREAMING
+            stub.port.stall(False)
+            await wait_for(lambda: modem.state is LinkState.STREAMING and stub.receiving)
+            assert any(e.name == "stalled" for e in rec.events)
+    channel.close()
