@@ -125,7 +125,7 @@ async def test_request_response_correlation_over_http_and_mqtt(node: HubNode) ->
     async with mqtt_agent(node, b) as cb:
         await cb.subscribe(f"{BASE}/agents/agent-b/inbox", qos=1)
         await cb.publish(f"{BASE}/agents/agent-b/status", "online", qos=1, retain=True)
-        for _ in range(500):  # noqa: ASYNC110 - the hub offers no event for this; polling is bounded
+        for _ in range(500):
             if node.hub.registry.mqtt_online("agent-b"):
                 break
             await asyncio.sleep(0.01)
