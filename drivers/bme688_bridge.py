@@ -380,6 +380,13 @@ class Bme688Bridge:
             "field": number, "gas_index": m.gas_index, "meas_index": m.meas_index,
             "gas_valid": m.gas_valid, "heat_stab": m.heat_stab, "variant_id": self.variant_id,
         }  # fmt: skip
+        # Bosch's integer build on the same registers, as an MCU without an FPU would report them, so the
+        # two can be compared with on-board computation (temperature x100, humidity x1000, Pa, ohm).
+        iv = b.compensate_int(self.calibration, fld, self.variant_id)
+        meta["bosch_int"] = {
+            "temperature_c100": iv.temperature_c100, "pressure_pa": iv.pressure_pa,
+            "humidity_milli": iv.humidity_milli, "gas_ohm": iv.gas_ohm,
+        }  # fmt: skip
         if m.valid:
             quantities["gas_ohm"] = Quantity(v.gas_ohm, "Ω")
             est = self._iaq.update(v.gas_ohm, v.humidity_pct)

@@ -113,6 +113,11 @@ async def test_physical_values_round_trip(any_rig: Rig) -> None:
     assert q["gas_ohm"].value == pytest.approx(123_000.0, rel=0.01)
     assert "iaq" in q  # burn-in of 3 samples is over
     assert last.meta["variant_id"] == r.bridge.variant_id
+    ints = last.meta["bosch_int"]
+    assert isinstance(ints, dict)
+    assert ints["temperature_c100"] == pytest.approx(2725, abs=1)
+    assert ints["pressure_pa"] == pytest.approx(98_765, abs=10)  # the integer path is coarser
+    assert ints["humidity_milli"] == pytest.approx(61_500, abs=50)
 
 
 async def test_parallel_mode_uses_the_profile(rig_parallel: Rig) -> None:
