@@ -23,6 +23,7 @@ CP210X = fake_sysfs.UsbSerialAdapter(
 )
 CH340 = fake_sysfs.UsbSerialAdapter("1a86", "7523", None, "QinHeng", "USB Serial", "ttyUSB", "ch341-uart")
 FTDI = fake_sysfs.UsbSerialAdapter("0403", "6001", "A10KZP7X", "FTDI", "FT232R USB UART", "ttyUSB", "ftdi_sio")
+CH9102 = fake_sysfs.UsbSerialAdapter("1a86", "55d4", "5434012345", "WCH", "USB Single Serial", "ttyACM", "cdc_acm")
 ARDUINO_UNO = fake_sysfs.UsbSerialAdapter(
     "2341", "0043", "85736323838351F0B1C1", "Arduino (www.arduino.cc)", "Uno", "ttyACM", "cdc_acm"
 )
@@ -99,8 +100,8 @@ cat {shlex.quote(str(log_file))}
 
 @pytest.mark.parametrize(
     ("adapter", "board"),
-    [(ESP32_S3, "esp32s3"), (CP210X, "cp210x"), (FTDI, "ftdi")],
-    ids=["esp32-s3", "cp210x", "ftdi"],
+    [(ESP32_S3, "esp32s3"), (CP210X, "cp210x"), (CH9102, "ch9102"), (FTDI, "ftdi")],
+    ids=["esp32-s3", "cp210x", "ch9102", "ftdi"],
 )
 def test_known_board_gets_dialout_a_stable_link_and_a_systemd_tag(
     tmp_path: Path, adapter: fake_sysfs.UsbSerialAdapter, board: str
@@ -140,6 +141,15 @@ def test_rules_file_parses_without_diagnostics(tmp_path: Path) -> None:
     # Parse-time complaints are logged as "<file>:<line> <message>" without a device prefix.
     complaints = [line for line in outcome.log.splitlines() if line.startswith(f"/etc/udev/rules.d/{RULES.name}:")]
     assert complaints == []
+
+
+def test_rules_cover_every_board_the_drivers_claim() -> None:
+    """A board the drivers recognise on hot-plug must also get dialout, its stable link and the tag."""
+    from drivers.hotplug import KNOWN_BOARDS
+
+    text = RULES.read_text()
+    for matcher in KNOWN_BOARDS:
+        assert f'ATTRS{{idVendor}}=="{matcher.vid:04x}", ATTRS{{idProduct}}=="{matcher.pid:04x}"' in text
 
 
 def test_rules_cover_every_board_the_issue_names() -> None:
