@@ -12,8 +12,9 @@ The daemon builds one per port and enters it::
         result = await board.command("output_control", {"id": "mosfet1", "value": 1})
 
 Keyword-only settings: ``port``, ``listener``, ``stream_rate_hz`` (default 1.0; the firmware clamps to
->= 0.1), ``ack_timeout_s`` (5.0) and ``retries`` (3) per command, ``hello_wait_s`` (1.5) before asking
-with ``hello``, ``hello_attempts`` (3), ``stall_timeout_s`` (default ``max(2.0, 3 / rate)``),
+>= 0.1), ``ack_timeout_s`` (5.0) and ``retries`` (3) per command, ``hello_wait_s`` (0.3) for a spontaneous
+HELLO before asking with ``hello`` (not waited at all when reopening a board already identified),
+``hello_timeout_s`` (1.0) for each answer, ``hello_attempts`` (3), ``stall_timeout_s`` (default ``max(2.0, 3 / rate)``),
 ``usb_serial``/``by_id`` (identity qualifiers), ``baudrate`` (115200), ``backoff`` (``drivers.link``),
 ``random``, ``clock`` (wall time for reading timestamps) and ``registry`` (``IdentityRegistry``).
 
@@ -131,7 +132,8 @@ class MycoBrain:
         stream_rate_hz: float = 1.0,
         ack_timeout_s: float = 5.0,
         retries: int = 3,
-        hello_wait_s: float = 1.5,
+        hello_wait_s: float = 0.3,
+        hello_timeout_s: float = 1.0,
         hello_attempts: int = 3,
         stall_timeout_s: float | None = None,
         usb_serial: str | None = None,
@@ -148,14 +150,18 @@ class MycoBrain:
         self._ack_timeout = ack_timeout_s
         self._retries = retries
         self._hello_wait = hello_wait_s
+        self._hello_timeout = hello_timeout_s
         self._hello_attempts = hello_attempts
         self._stall_timeout = stall_timeout_s or max(2.0, 3.0 / self.stream_rate_hz)
         self.usb_serial = usb_serial
         self.by_id = by_id
         self._clock = clock
         self._registry = registry or DEFAULT_REGISTRY
-        self._link = SerialLink(port, self, baudrate=baudrate, backoff=backoff or Backoff(base_s=0.5, cap_s=15.0),
-                                random=random, on_state=self._on_link_state, name=f"mycobrain:{os.path.basename(port)}")
+        # Reopening a missing tty costs one failed open(); a 1 s cap keeps "telemetry within 2 s of the
+        # board's return" true even without a hot-plug event to wake the link.
+        self._link = SerialLink(port, self, baudrate=baudrate,
+                                backoff=backoff or Backoff(base_s=0.25, cap_s=1.0), random=random,
+                                on_state=self._on_link_state, name=f"mycobrain:{os.path.basename(port)}")
         self._decoder = mdp.FrameDecoder()
         self._line = bytearray()
         self._mode: str | None = None  # "mdp" | "ndjson" once the board's dialect is known
@@ -271,6 +277,8 @@ class MycoBrain:
                 self._count_error(item.kind, str(item))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._decoder.pending:
+            self._count_error("truncated", f"link lost mid-frame ({self._decoder.pending} bytes)")
         for task in list(self._tasks):
             task.cancel()
         self._fail_pending(LinkError(f"{self.port}: link lost: {exc}"))
@@ -278,9 +286,10 @@ class MycoBrain:
     # --- handshake and supervision --------------------------------------------------------------
     async def _handshake(self) -> None:
         """Wait for a HELLO; ask with ``hello`` if none comes; then set the stream rate."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._hello_wait):
-                await self._identified.wait()
+        if self._device_id is None:  # a board we already know is asked at once after a reopen
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._hello_wait):
+                    await self._identified.wait()
         attempts = 0
         while not self._identified.is_set() and self._mode != "ndjson":
             if attempts >= self._hello_attempts:
@@ -294,7 +303,7 @@ class MycoBrain:
             attempts += 1
             self._stats["hello_requests"] += 1
             with contextlib.suppress(LinkError, CodecError, DeviceTimeoutError):
-                await self._send_command("hello", {}, timeout=self._hello_wait, retry=False)
+                await self._send_command("hello", {}, timeout=self._hello_timeout, retry=False)
             if not self._identified.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):

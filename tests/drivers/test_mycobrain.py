@@ -366,11 +366,11 @@ async def test_colliding_board_ids_are_qualified_and_kept_across_replug() -> Non
     async with (
         MycoBrainStub(boot_delay_s=0.05, seed=8, mac=mac) as one,
         MycoBrainStub(boot_delay_s=0.05, seed=9, mac=mac) as two,
-        MycoBrain(port=one.path, listener=listener, registry=registry, backoff=FAST) as a,
+        MycoBrain(port=one.path, listener=listener, registry=registry, stream_rate_hz=10, backoff=FAST) as a,
     ):
         await until(lambda: a.state is LinkState.STREAMING)
         async with MycoBrain(port=two.path, listener=listener, registry=registry, usb_serial="SN2",
-                             backoff=Backoff(base_s=5, cap_s=5)) as b:
+                             stream_rate_hz=10, backoff=Backoff(base_s=5, cap_s=5)) as b:
             await until(lambda: b.state is LinkState.STREAMING)
             assert a.device_id == "mycobrain-188534" and b.device_id == "mycobrain-188534@SN2"
             assert b.stats()["id_collisions"] == 1 and "id_collision" in listener.names()
@@ -380,6 +380,7 @@ async def test_colliding_board_ids_are_qualified_and_kept_across_replug() -> Non
             b.wake()
             await until(lambda: b.state is LinkState.STREAMING)
             assert b.device_id == "mycobrain-188534@SN2"
+            await until(lambda: len({r.device_id for r in listener.readings}) == 2)
             ids = {r.device_id for r in listener.readings}
             assert ids == {"mycobrain-188534", "mycobrain-188534@SN2"}
 
@@ -392,3 +393,20 @@ async def test_commands_before_identification_are_refused() -> None:
             await mb.command("read_sensors", {})
         assert info.type.__name__ in {"LinkError", "NotReadyError"}
         assert mb.state in {LinkState.OPENING, LinkState.BACKOFF}
+
+
+async def test_telemetry_resumes_within_2_s_of_replug_with_default_backoff_and_real_boot_delay() -> None:
+    listener = Listener()
+    async with MycoBrainStub(seed=14) as stub, MycoBrain(port=stub.path, listener=listener, stream_rate_hz=10) as mb:
+        await until(lambda: mb.state is LinkState.STREAMING)
+        stub.unplug(mid_frame=True)
+        await asyncio.sleep(2.5)  # long enough for the backoff to reach its cap
+        assert mb.state in {LinkState.BACKOFF, LinkState.OPENING}
+        stub.replug()  # the board powers up: HELLO only after its 1.2 s boot, rate back to 0.1 Hz
+        replugged = time.monotonic()
+        count = len(listener.readings)
+        await until(lambda: len(listener.readings) > count, timeout=3.0)
+        assert time.monotonic() - replugged < 2.0
+        # The half frame written just before the cut is either read and counted as truncated, or
+        # discarded by the tty hang-up; either way the link counts the loss of the device.
+        assert mb.stats()["disconnects"] == 1 and mb.stats().get("err_truncated", 0) <= 1
