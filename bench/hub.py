@@ -1,0 +1,270 @@
+"""Agent hub benchmark: agent->hub->agent next to direct agent->agent through the same broker, same run.
+
+Measures (``--duration`` seconds per phase, short by default):
+- latency p50/p99 at a fixed offered rate (``--rate``, 1,000 msg/s) for direct and via the hub;
+- peak throughput (blast ``--burst`` messages) for both, and the ratio hub/direct;
+- handoff initiate -> accept p95 (in-process hub calls, durable writes to hub.db);
+- registry lookup (by id and by token) mean;
+- pool query p95 with ``--items`` memories in the pool (100,000 for the issue's figure; default 10,000);
+- ``--agents`` concurrent MQTT agents (100) messaging each other through the hub.
+
+Run: ``.venv/bin/python -m bench.hub [--duration 3] [--items 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from prometheus_client import CollectorRegistry
+
+from daemon.hub import Hub
+from daemon.hub.broker_auth import MosquittoFiles, render_acl, render_passwords
+from daemon.hub.pools import Caller
+from daemon.mosquitto import MosquittoProcess
+from daemon.mqtt import BrokerLink
+from daemon.store import Ed25519Signer, Store
+
+BASE = "bench/node"
+SVC, SVC_PW = "svc", "svc-password"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def client(port: int, user: str, password: str) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", port, identifier=user, username=user, password=password,
+                          protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0)
+
+
+async def connect(c: aiomqtt.Client) -> None:
+    for _ in range(100):
+        try:
+            await c.__aenter__()
+            return
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("cannot connect")
+
+
+async def stream(sender: aiomqtt.Client, receiver: aiomqtt.Client, send_topic: str, make: Any, *,
+                 count: int, rate: float | None) -> tuple[list[float], float]:
+    """Send ``count`` messages (paced at ``rate``, or as fast as possible); latencies and receive rate."""
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def rx() -> None:
+        async for message in receiver.messages:
+            body = json.loads(message.payload)  # type: ignore[arg-type]
+            t0 = body["body"]["t"] if "body" in body else body["t"]
+            latencies.append(time.perf_counter() - t0)
+            if len(latencies) >= count:
+                done.set()
+                return
+
+    task = asyncio.create_task(rx())
+    start = time.perf_counter()
+    for i in range(count):
+        if rate:
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await sender.publish(send_topic, make(i, time.perf_counter()), qos=0)
+    try:
+        async with asyncio.timeout(30):
+            await done.wait()
+    except TimeoutError:
+        task.cancel()
+    elapsed = time.perf_counter() - start
+    return latencies, len(latencies) / elapsed
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    holder: dict[str, MosquittoProcess] = {}
+    files = MosquittoFiles(password_file=tmp / "passwd", acl_file=tmp / "acl", pid=lambda: holder["b"].pid,
+                           service_users={SVC: SVC_PW, "direct-a": SVC_PW, "direct-b": SVC_PW})
+    files.password_file.write_text(render_passwords([], files))
+    files.acl_file.write_text(render_acl([], topic_base=BASE, service_users=list(files.service_users)))
+    broker = MosquittoProcess(tmp / "mosq", allow_anonymous=False, extra_config=(
+        f"password_file {files.password_file}\nacl_file {files.acl_file}\nuse_username_as_clientid true\n"
+        "max_queued_messages 100000\n"))
+    holder["b"] = broker
+    broker.start()
+    try:
+        async with AsyncExitStack() as stack:
+            store = await stack.enter_async_context(Store(tmp / "store.db", signer=Ed25519Signer.generate(),
+                                                          embedding_dim=4, ttl_sweep_s=0, integrity_check="off"))
+            link = BrokerLink(host="127.0.0.1", port=broker.port, client_id="node", status_topic=f"{BASE}/status",
+                              username=SVC, password=SVC_PW, registry=CollectorRegistry())
+            hub = Hub(store=store, broker=link, state_dir=tmp / "state", topic_base=BASE, mosquitto_files=files,
+                      agent_rate_per_s=1e6, agent_burst=1e6)
+            await stack.enter_async_context(link)
+            await stack.enter_async_context(hub)
+            await link.connected.wait()
+            regs = {}
+            for name in ("a", "b"):
+                regs[name] = await hub.register({"id": name, "type": "HUMAN", "owner": "bench"}, privileged=True,
+                                                actor="bench")
+            mq = {n: r["credentials"]["mqtt"] for n, r in regs.items()}
+            a = client(broker.port, mq["a"]["username"], mq["a"]["password"])
+            b = client(broker.port, mq["b"]["username"], mq["b"]["password"])
+            await connect(a)
+            await connect(b)
+            # The direct path: two full-access identities talking on one topic through the same broker.
+            sa = client(broker.port, "direct-a", SVC_PW)
+            sb = client(broker.port, "direct-b", SVC_PW)
+            await connect(sa)
+            await connect(sb)
+            await b.subscribe(f"{BASE}/agents/b/inbox", qos=0)
+            await b.publish(f"{BASE}/agents/b/status", "online", qos=1, retain=True)
+            await sb.subscribe("bench/direct", qos=0)
+            while not hub.registry.mqtt_online("b"):
+                await asyncio.sleep(0.01)
+
+            def via_hub(i: int, t: float) -> bytes:
+                return json.dumps({"id": f"m{i}-{t}", "from": "a", "to": "b", "type": "EVENT", "ts": t,
+                                   "body": {"t": t}}).encode()
+
+            def direct(i: int, t: float) -> bytes:
+                return json.dumps({"id": f"m{i}", "t": t}).encode()
+
+            count = int(args.rate * args.duration)
+            d_lat, _ = await stream(sa, sb, "bench/direct", direct, count=count, rate=args.rate)
+            h_lat, _ = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=count, rate=args.rate)
+            _, d_peak = await stream(sa, sb, "bench/direct", direct, count=args.burst, rate=None)
+            _, h_peak = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=args.burst, rate=None)
+            print(f"latency @ {args.rate:g} msg/s, {count} msgs:")
+            print(f"  direct agent->agent   p50 {pct(d_lat, .5)*1e3:7.3f} ms  p99 {pct(d_lat, .99)*1e3:7.3f} ms"
+                  f"  (received {len(d_lat)})")
+            print(f"  agent->hub->agent     p50 {pct(h_lat, .5)*1e3:7.3f} ms  p99 {pct(h_lat, .99)*1e3:7.3f} ms"
+                  f"  (received {len(h_lat)})   target p99 <= 5 ms")
+            print(f"peak throughput ({args.burst} msgs): direct {d_peak:9.0f} msg/s   hub {h_peak:9.0f} msg/s"
+                  f"   ratio {h_peak / d_peak:.2f} (target >= 0.5)")
+
+            # handoff initiate -> accept
+            ho = []
+            for _ in range(args.handoffs):
+                t0 = time.perf_counter()
+                h, _ = await hub.handoffs.initiate(initiator="a", target="b", context={"task": "t"})
+                await hub.handoffs.transition(h.id, "accept", actor="b")
+                ho.append(time.perf_counter() - t0)
+            print(f"handoff initiate->accept ({args.handoffs}): p50 {pct(ho, .5)*1e3:.3f} ms  "
+                  f"p95 {pct(ho, .95)*1e3:.3f} ms   target p95 <= 10 ms")
+
+            # registry lookup
+            token = regs["a"]["credentials"]["api_token"]
+            n = 100_000
+            t0 = time.perf_counter()
+            for _ in range(n):
+                hub.registry.get("a")
+            by_id = (time.perf_counter() - t0) / n
+            t0 = time.perf_counter()
+            for _ in range(n):
+                hub.registry.by_token(token)
+            by_tok = (time.perf_counter() - t0) / n
+            t0 = time.perf_counter()
+            for _ in range(n):
+                pass
+            empty = (time.perf_counter() - t0) / n
+            print(f"registry lookup: by id {by_id*1e6:.3f} us, by token {by_tok*1e6:.3f} us"
+                  f" (empty loop {empty*1e6:.3f} us)   target <= 50 us")
+
+            # pool query at N items
+            admin = Caller("admin", True, 5, frozenset(), None)
+            pool = await hub.pools.create(admin, name="bench", scope="GLOBAL")
+            await hub.pools.join(admin, pool.id, agent_id="b", permission="READ")
+            hub.trust.grant("b", 5, expires_at=None, basis="bench")
+            words = ["spore", "mycelium", "humidity", "substrate", "fruiting", "oyster", "shiitake", "agar"]
+            t0 = time.perf_counter()
+            batch = 2000
+            for start in range(0, args.items, batch):
+                await asyncio.gather(*(store.memory.create(
+                    owner_type="agent", owner_id="a", pool=pool.id, scope="TEAM", visibility="pool",
+                    content=f"{words[i % 8]} note {i} {words[(i * 7) % 8]}") for i in range(start, min(args.items,
+                                                                                                     start + batch))))
+            fill = time.perf_counter() - t0
+            reader = Caller("b", False, 5, hub.registry.require("b").capabilities, hub.registry.require("b"))
+            hub.anomaly.threshold = 2.0  # the bench queries far faster than any agent should
+            q = []
+            for i in range(args.queries):
+                t0 = time.perf_counter()
+                await hub.pools.query(reader, pool_id=pool.id, text=f"{words[i % 8]} note", up_to_scope="GLOBAL",
+                                      limit=10)
+                q.append(time.perf_counter() - t0)
+            print(f"pool query over {args.items} items (filled in {fill:.1f} s): p50 {pct(q, .5)*1e3:.3f} ms  "
+                  f"p95 {pct(q, .95)*1e3:.3f} ms   target p95 <= 5 ms at 100k")
+
+            # N concurrent agents
+            agents = []
+            for i in range(args.agents):
+                r = await hub.register({"id": f"c{i}", "type": "GPT_AGENT", "owner": "bench"}, privileged=True,
+                                       actor="bench")
+                agents.append(r)
+            clients = []
+            for i, r in enumerate(agents):
+                m = r["credentials"]["mqtt"]
+                c = client(broker.port, m["username"], m["password"])
+                await connect(c)
+                await c.subscribe(f"{BASE}/agents/c{i}/inbox", qos=0)
+                await c.publish(f"{BASE}/agents/c{i}/status", "online", qos=1, retain=True)
+                clients.append(c)
+            while sum(hub.registry.mqtt_online(f"c{i}") for i in range(args.agents)) < args.agents:
+                await asyncio.sleep(0.02)
+            per_agent = max(1, int(args.duration * 10))
+            lat: list[float] = []
+            expected = args.agents * per_agent
+
+            async def recv(c: aiomqtt.Client) -> None:
+                async for message in c.messages:
+                    lat.append(time.perf_counter() - json.loads(message.payload)["body"]["t"])  # type: ignore[arg-type]
+                    if len(lat) >= expected:
+                        return
+
+            receivers = [asyncio.create_task(recv(c)) for c in clients]
+
+            async def send(i: int, c: aiomqtt.Client) -> None:
+                for k in range(per_agent):
+                    t = time.perf_counter()
+                    await c.publish(f"{BASE}/agents/c{i}/outbox", json.dumps({
+                        "id": f"c{i}-{k}", "from": f"c{i}", "to": f"c{(i + 1) % args.agents}", "type": "EVENT",
+                        "ts": t, "body": {"t": t}}), qos=0)
+                    await asyncio.sleep(0.1)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(send(i, c) for i, c in enumerate(clients)))
+            deadline = time.perf_counter() + 10
+            while len(lat) < expected and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            for task in receivers:
+                task.cancel()
+            print(f"{args.agents} concurrent agents, {expected} msgs in {time.perf_counter() - t0:.1f} s: delivered "
+                  f"{len(lat)}  p50 {pct(lat, .5)*1e3:.3f} ms  p99 {pct(lat, .99)*1e3:.3f} ms")
+            for c in [*clients, a, b, sa, sb]:
+                await c.__aexit__(None, None, None)
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--burst", type=int, default=5000)
+    parser.add_argument("--handoffs", type=int, default=200)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--agents", type=int, default=100)
+    asyncio.run(main(parser.parse_args()))
