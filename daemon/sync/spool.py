@@ -192,7 +192,7 @@ class Enforcement:
 
 
 async def enforce(
-    outbox: Outbox, policy: SpoolPolicy, now: float, *, max_rounds: int = 6
+    outbox: Outbox, policy: SpoolPolicy, now: float, *, max_rounds: int = 32
 ) -> Enforcement:
     """Apply ``plan`` until it is empty (or ``max_rounds``), returning the counts actually dropped."""
     dropped: dict[tuple[str, DropReason], int] = {}

@@ -162,7 +162,12 @@ def _ssl_context(ca_file: str | Path | None, client_cert: str | Path | None,
 
 
 class SyncWorker:
-    """Periodic and on-demand store-and-forward of the outbox to one upstream (async context manager)."""
+    """Periodic and on-demand store-and-forward of the outbox to one upstream (async context manager).
+
+    Entering starts the named tasks ``sync-loop`` (a pass at once, then every ``interval_s``, or after
+    a backoff; skipped with ``periodic=False``, leaving only ``run_once``) and ``sync-spool-check``
+    (the retention policy every ``spool_check_interval_s``); leaving cancels and awaits them.
+    """
 
     def __init__(
         self,
@@ -176,6 +181,7 @@ class SyncWorker:
         source: str = "mycoedge",
         streams: Sequence[str] = STREAMS,
         interval_s: float = 30.0,
+        periodic: bool = True,
         batch_max_records: int = 1000,
         batch_max_bytes: int = 1024 * 1024,
         request_timeout_s: float = 30.0,
@@ -206,6 +212,7 @@ class SyncWorker:
         self._source = source
         self._streams = tuple(streams)
         self._interval_s = interval_s
+        self._periodic = periodic
         self._batch_max_records = batch_max_records
         self._batch_max_bytes = batch_max_bytes
         self._request_timeout_s = request_timeout_s
@@ -226,6 +233,7 @@ class SyncWorker:
         self._counters = {s: StreamCounters() for s in self._streams}
         self._stats: Mapping[str, OutboxStatsLike] = {}
         self._spool_state = SpoolState(0, 0, self._policy.max_bytes, protected_over_cap=False)
+        self._encoded: dict[str, EncodedBatch] = {}
         self._batch_limit = dict.fromkeys(self._streams, batch_max_records)
         self._running = False
         self._runs_started = 0
@@ -251,9 +259,10 @@ class SyncWorker:
             await self.refresh_stats()
         except SpoolError:
             log.warning("sync: outbox stats unavailable at start", exc_info=True)
-        self._next_run_at = self._clock()
-        self._spawn(self._sync_loop(), "sync-loop")
         self._spawn(self._spool_loop(), "sync-spool-check")
+        if self._periodic:
+            self._next_run_at = self._clock()
+            self._spawn(self._sync_loop(), "sync-loop")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -434,7 +443,13 @@ class SyncWorker:
                 return total, SpoolError(f"peek failed: {exc}")
             if not records:
                 return total
-            batch = await asyncio.to_thread(encode_batch, self._source, stream, records)
+            batch = self._encoded.get(stream)
+            if batch is None or (batch.first_seq, batch.last_seq, batch.count) != (
+                records[0].seq, records[-1].seq, len(records)
+            ):
+                # A retry of the same records reuses the bytes: an outage costs a peek, not a re-encode.
+                batch = await asyncio.to_thread(encode_batch, self._source, stream, records)
+                self._encoded[stream] = batch
             try:
                 accepted, duplicates = await self._post(batch)
             except UpstreamError as exc:
@@ -447,6 +462,7 @@ class SyncWorker:
                 await self._outbox.outbox_ack(stream, batch.last_seq)
             except Exception as exc:
                 return total, SpoolError(f"ack failed: {exc}")
+            self._encoded.pop(stream, None)
             counters.sent += accepted
             counters.duplicates += duplicates
             counters.batches += 1

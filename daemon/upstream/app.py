@@ -122,6 +122,10 @@ async def ingest(request: web.Request) -> web.StreamResponse:
         cached = await state.db.replayed(key)
         if cached is not None:
             state.counters["replayed"] += 1
+            if outcome is Outcome.ERROR_AFTER_COMMIT:
+                return _problem(500, "fault injection: failed after replay")
+            if outcome is Outcome.RESET_AFTER_COMMIT:
+                return _reset(request)
             return web.Response(text=cached, content_type="application/json", headers={REPLAYED_HEADER: "true"})
     result = await state.db.store(batch, key)
     state.counters["batches"] += 1

@@ -61,7 +61,7 @@ class UpstreamProcess:
 
     def get_blocking(self, path: str) -> dict[str, Any]:
         """For synchronous tests (the ones that drive child processes)."""
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:  # noqa: S310 - loopback URL we made
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
             doc = json.loads(r.read())
         assert isinstance(doc, dict)
         return doc
