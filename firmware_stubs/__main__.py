@@ -1,5 +1,7 @@
 """Run simulated boards by hand: ``python -m firmware_stubs mycobrain [options]``.
 
+Other stubs: ``python -m firmware_stubs bme688|lora-gateway|rui3 ...`` (their own options).
+
 Prints the path of each board's port (a stable symlink to its pty), one per line, then runs until
 SIGINT/SIGTERM or ``--duration``. Example::
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -79,7 +82,16 @@ async def _run_mycobrain(args: argparse.Namespace) -> None:
         _ = started
 
 
+# Other stubs own their command lines; ``python -m firmware_stubs NAME ...`` hands the rest to them.
+OTHER_STUBS = {"bme688": "firmware_stubs.bme688", "lora-gateway": "firmware_stubs.lora_gateway",
+               "rui3": "firmware_stubs.rui3"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in OTHER_STUBS:
+        module = importlib.import_module(OTHER_STUBS[argv[0]])
+        return int(module.main(argv[1:]))
     args = _parser().parse_args(argv)
     if args.device == "mycobrain":
         asyncio.run(_run_mycobrain(args))

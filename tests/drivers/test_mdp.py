@@ -229,3 +229,35 @@ class _nothing:
 
     def __exit__(self, *a: object) -> None:
         return None
+
+
+def test_bounded_fuzz_run_has_no_unexpected_exceptions() -> None:
+    from bench.fuzz_mdp import run
+
+    result = run(3000, seed=7)
+    assert result.unexpected == 0, result.first_unexpected
+    assert sum(result.errors.values()) > 0  # the inputs really were malformed
+
+
+@given(st.binary(max_size=400))
+def test_legacy_line_parser_raises_only_its_own_error(data: bytes) -> None:
+    from drivers import ndjson_legacy
+
+    try:
+        line = ndjson_legacy.parse_line(data)
+    except ndjson_legacy.LegacyLineError:
+        return
+    groups = ndjson_legacy.telemetry_groups(line)
+    assert all(isinstance(v, float) for g in groups.values() for v in g.values())
+
+
+@given(st.dictionaries(st.sampled_from(["tC", "rh", "p_hPa", "gas", "iaq", "x"]),
+                       st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**6), 10**6)))
+def test_legacy_live_lines_map_to_sensor_groups(fields: dict[str, float]) -> None:
+    from drivers import ndjson_legacy
+
+    line = json.dumps({"ts_ms": 1, "sensor": "ENV", **fields}).encode()
+    groups = ndjson_legacy.telemetry_groups(ndjson_legacy.parse_line(line))
+    names = {"tC": "temperature_c", "rh": "humidity_pct", "p_hPa": "pressure_hpa", "gas": "gas_ohm", "iaq": "iaq"}
+    expected = {names[k]: float(v) for k, v in fields.items() if k in names}
+    assert groups == ({"bme688_b": expected} if expected else {})
