@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import os
 import random
@@ -21,6 +22,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.store import Ed25519Signer, Store
@@ -33,7 +35,7 @@ PAYLOAD = 1024
 
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def _line(name: str, value: str, baseline: str, note: str = "") -> None:
@@ -182,8 +184,10 @@ def _clustered_vectors(n: int, dim: int, seed: int = 7) -> list[bytes]:
     return out
 
 
-WORDS = ("spore mycelium humidity substrate fruiting oyster shiitake temperature airflow colony "
-         "contamination agar grain casing pinning harvest flush lion mane reishi").split()
+WORDS = [
+    "spore", "mycelium", "humidity", "substrate", "fruiting", "oyster", "shiitake", "temperature", "airflow",
+    "colony", "contamination", "agar", "grain", "casing", "pinning", "harvest", "flush", "lion", "mane", "reishi",
+]
 
 
 async def _load_memories(store: Store, vectors: list[bytes]) -> None:
@@ -209,7 +213,21 @@ async def _load_memories(store: Store, vectors: list[bytes]) -> None:
 
     for start in range(0, len(vectors), 5000):
         part = vectors[start : start + 5000]
-        await store.db.write(lambda c, s=start, p=part: load(c, s, p))
+        await store.db.write(functools.partial(_load_part, load, start=start, part=part))
+
+
+def _load_part(load: Callable[[sqlite3.Connection, int, list[bytes]], None], conn: sqlite3.Connection, *,
+               start: int, part: list[bytes]) -> None:
+    load(conn, start, part)
+
+
+def _exact_top10(probe: bytes, conn: sqlite3.Connection) -> list[str]:
+    return [
+        str(r[0]) for r in conn.execute(
+            "SELECT c.memory_id FROM chunk_vec v JOIN chunks c ON c.id = v.chunk_id"
+            " ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 10", (probe,)
+        )
+    ]
 
 
 async def bench_search(tmp: Path, n: int, dim: int, queries: int) -> None:
@@ -228,14 +246,7 @@ async def bench_search(tmp: Path, n: int, dim: int, queries: int) -> None:
             hits = await store.memory.search(vector=q, limit=10)
             lat.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
-            exact = await store.db.read(
-                lambda c, p=probe: [
-                    r[0] for r in c.execute(
-                        "SELECT c.memory_id FROM chunk_vec v JOIN chunks c ON c.id = v.chunk_id"
-                        " ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 10", (p,)
-                    )
-                ]
-            )
+            exact = await store.db.read(functools.partial(_exact_top10, probe))
             exact_lat.append((time.perf_counter() - t0) * 1000)
             recall.append(len({h.item.id for h in hits} & set(exact)) / 10)
         filtered: list[float] = []

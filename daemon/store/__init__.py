@@ -22,8 +22,8 @@ from daemon.store.blocklog import Block, BlockInfo, BlockInput, BlockLog, Checkp
 from daemon.store.db import Database, IntegrityMode
 from daemon.store.embedders import Embedder
 from daemon.store.errors import StoreClosedError, StoreError
-from daemon.store.memory import Memory, MemoryItem, SearchHit
 from daemon.store.maif_io import ExportResult, ImportResult, export, import_file, verify, verify_maif_file
+from daemon.store.memory import Memory, MemoryItem, SearchHit
 from daemon.store.outbox import Outbox, OutboxRecord, OutboxStats
 from daemon.store.signing import Ed25519Signer, PayloadCipher, Signer, load_encryption_key
 
@@ -31,8 +31,25 @@ if TYPE_CHECKING:
     from drivers.model import Reading
 
 __all__ = [
-    "AuditRecord", "Block", "ExportResult", "ImportResult", "BlockInfo", "BlockInput", "Ed25519Signer", "Embedder", "MemoryItem",
-    "OutboxRecord", "OutboxStats", "SearchHit", "Signer", "Store", "StoreError", "VerifyReport", "export", "import_file", "verify",
+    "AuditRecord",
+    "Block",
+    "BlockInfo",
+    "BlockInput",
+    "Ed25519Signer",
+    "Embedder",
+    "ExportResult",
+    "ImportResult",
+    "MemoryItem",
+    "OutboxRecord",
+    "OutboxStats",
+    "SearchHit",
+    "Signer",
+    "Store",
+    "StoreError",
+    "VerifyReport",
+    "export",
+    "import_file",
+    "verify",
     "verify_maif_file",
 ]
 
@@ -206,11 +223,13 @@ class Store:
                  "quantities": quantities, "meta": json.loads(meta_json)},
                 sort_keys=True, separators=(",", ":"),
             ).encode()
-            outbox_rows.append(("telemetry", f"{r.device_id}:{r.sensor}:{r.seq}:{r.ts!r}", payload, created, len(payload)))
+            record_id = f"{r.device_id}:{r.sensor}:{r.seq}:{r.ts!r}"
+            outbox_rows.append(("telemetry", record_id, payload, created, len(payload)))
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO readings(device_id, sensor, ts, seq, valid, quantities, meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO readings(device_id, sensor, ts, seq, valid, quantities, meta)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.executemany(

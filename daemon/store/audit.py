@@ -54,7 +54,7 @@ class AuditRecord:
         }
 
 
-def record_hash(prev: bytes, seq: int, ts: float, kind: str, actor: str, subject: str, data_json: str) -> bytes:
+def record_hash(prev: bytes, seq: int, ts: float, kind: str, actor: str, subject: str, data_json: str) -> bytes:  # noqa: PLR0917 - mirrors the fields of a fixed record layout
     body = json.dumps([seq, ts, kind, actor, subject, json.loads(data_json)], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(prev + body.encode()).digest()
 
@@ -80,7 +80,9 @@ class AuditLog:
     def setup(self, conn: sqlite3.Connection) -> None:
         self._ckpt.register("audit", _load_head, conn)
 
-    async def audit_append(self, kind: str, actor: str, subject: str, data: Mapping[str, Any] | None = None) -> AuditRecord:
+    async def audit_append(
+        self, kind: str, actor: str, subject: str, data: Mapping[str, Any] | None = None
+    ) -> AuditRecord:
         """Record one event; durable (with its signature checkpoint and outbox record) on return."""
         if not _KIND_RE.match(kind):
             raise InvalidInputError(f"audit kind {kind!r} must be lower-case letters, digits, '_' or '.'")
@@ -95,7 +97,8 @@ class AuditLog:
             seq = head.seq + 1
             digest = record_hash(head.hash, seq, ts, kind, actor, subject, data_json)
             conn.execute(
-                "INSERT INTO audit(seq, ts, kind, actor, subject, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit(seq, ts, kind, actor, subject, data, prev_hash, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, ts, kind, actor, subject, data_json, head.hash, digest),
             )
             record = AuditRecord(seq, ts, kind, actor, subject, json.loads(data_json), head.hash, digest)
@@ -129,7 +132,7 @@ class AuditLog:
 
         def run(conn: sqlite3.Connection) -> list[AuditRecord]:
             rows = conn.execute(
-                "SELECT seq, ts, kind, actor, subject, data, prev_hash, hash FROM audit"
+                "SELECT seq, ts, kind, actor, subject, data, prev_hash, hash FROM audit"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 f" WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
                 args,
             ).fetchall()

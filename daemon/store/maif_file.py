@@ -300,10 +300,10 @@ def encode_file(blocks: Sequence[BlockSpec], *, identity: FileIdentity, sign: Ca
         security_offset, index_offset, root, b"\x00" * SIGNATURE_FIELD, b"\x00" * 4,
     )
     header_sig = pad_signature(identity.algorithm, sign(unsigned.signable()))
-    header = replace(unsigned, file_signature=header_sig)
+    signed_header = replace(unsigned, file_signature=header_sig)
     body = b"".join([
-        header.pack(), *out, _LENGTH.pack(len(prov_raw)), prov_raw, _LENGTH.pack(len(security_raw)), security_raw,
-        *index,
+        signed_header.pack(), *out, _LENGTH.pack(len(prov_raw)), prov_raw,
+        _LENGTH.pack(len(security_raw)), security_raw, *index,
     ])
     footer = _FOOTER.pack(MAGIC_FOOTER, len(body) + FOOTER_SIZE, hashlib.sha256(body).digest(), 0)
     return body + footer

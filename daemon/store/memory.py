@@ -302,7 +302,7 @@ class Memory:
 
         def run(conn: sqlite3.Connection) -> MemoryItem | None:
             row = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id = ?"
+                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id = ?"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 " AND (m.expires_at IS NULL OR m.expires_at > ?)",
                 (memory_id, now),
             ).fetchone()
@@ -310,13 +310,15 @@ class Memory:
 
         return await self._db.read(run)
 
-    async def list_items(self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0) -> list[MemoryItem]:
+    async def list_items(
+        self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[MemoryItem]:
         where, args = self._where(flt or MemoryFilter(), self._clock())
         args += [max(0, min(limit, 1000)), max(0, offset)]
 
         def run(conn: sqlite3.Connection) -> list[MemoryItem]:
             rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE {where} ORDER BY m.created, m.id LIMIT ? OFFSET ?",
+                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE {where} ORDER BY m.created, m.id LIMIT ? OFFSET ?",  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 args,
             ).fetchall()
             return [_item(r) for r in rows]
@@ -446,12 +448,12 @@ class Memory:
             ("pool", flt.pools), ("scope", flt.scopes), ("visibility", flt.visibility), ("type", flt.types)
         ):
             if values is not None:
-                values = list(values)
-                if not values:
+                chosen = list(values)
+                if not chosen:
                     clauses.append("0")
                     continue
-                clauses.append(f"{alias}.{column} IN ({','.join('?' * len(values))})")
-                args.extend(values)
+                clauses.append(f"{alias}.{column} IN ({','.join('?' * len(chosen))})")
+                args.extend(chosen)
         if flt.reader is not None:
             allowed = list(flt.reader_visibility)
             marks = ",".join("?" * len(allowed)) or "NULL"
@@ -459,13 +461,14 @@ class Memory:
                 f"(({alias}.owner_type = ? AND {alias}.owner_id = ?) OR {alias}.visibility IN ({marks}))"
             )
             args.extend([flt.reader[0], flt.reader[1], *allowed])
-        for key, value in flt.metadata.items():
+        for key, wanted in flt.metadata.items():
             if not _META_KEY_RE.match(key):
                 raise InvalidInputError(f"metadata filter key {key!r} must match {_META_KEY_RE.pattern}")
-            if not isinstance(value, str | int | float | bool):
+            if not isinstance(wanted, str | int | float | bool):
                 raise InvalidInputError(f"metadata filter {key!r} must be a string, number or boolean")
             clauses.append(f"json_extract({alias}.metadata, ?) = ?")
-            args.extend([f'$."{key}"', int(value) if isinstance(value, bool) else value])
+            bound: str | int | float = int(wanted) if isinstance(wanted, bool) else wanted
+            args.extend([f'$."{key}"', bound])
         return " AND ".join(clauses), args
 
     @staticmethod
@@ -480,11 +483,11 @@ class Memory:
             ("pool", flt.pools), ("scope", flt.scopes), ("visibility", flt.visibility), ("type", flt.types)
         ):
             if values is not None:
-                values = list(values)
-                if not values:
+                chosen = list(values)
+                if not chosen:
                     return "0", []
-                clauses.append(f"v.{column} IN ({','.join('?' * len(values))})")
-                args.extend(values)
+                clauses.append(f"v.{column} IN ({','.join('?' * len(chosen))})")
+                args.extend(chosen)
         return " AND ".join(clauses), args
 
     async def search(
@@ -545,7 +548,7 @@ class Memory:
             marks = ",".join("?" * len(ordered))
             items = {
                 str(r[0]): _item(r)
-                for r in conn.execute(f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id IN ({marks})", ordered)
+                for r in conn.execute(f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE m.id IN ({marks})", ordered)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
             }
             return [
                 SearchHit(items[m], scores[m], sim.get(m), krank.get(m), vrank.get(m), best_chunk[m])
@@ -563,7 +566,7 @@ class Memory:
             return []
         where, args = self._where(flt, now)
         rows = conn.execute(
-            "SELECT c.memory_id, c.text, bm25(chunks_fts) AS r FROM chunks_fts"
+            "SELECT c.memory_id, c.text, bm25(chunks_fts) AS r FROM chunks_fts"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
             " JOIN chunks c ON c.id = chunks_fts.rowid JOIN memories m ON m.id = c.memory_id"
             f" WHERE chunks_fts MATCH ? AND {where} ORDER BY r LIMIT ?",
             [query, *args, depth],
@@ -583,7 +586,7 @@ class Memory:
             # Metadata is not a vec0 column: an exact scan with every filter inside the WHERE clause.
             where, args = self._where(flt, now)
             rows = conn.execute(
-                "SELECT c.memory_id, c.text, vec_distance_cosine(v.embedding, ?) AS d FROM chunk_vec v"
+                "SELECT c.memory_id, c.text, vec_distance_cosine(v.embedding, ?) AS d FROM chunk_vec v"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 " JOIN chunks c ON c.id = v.chunk_id JOIN memories m ON m.id = c.memory_id"
                 f" WHERE {where} ORDER BY d LIMIT ?",
                 [query, *args, depth],
@@ -595,7 +598,7 @@ class Memory:
                 if where == "0":
                     continue
                 rows += conn.execute(
-                    "SELECT c.memory_id, c.text, knn.distance FROM ("
+                    "SELECT c.memory_id, c.text, knn.distance FROM ("  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                     f" SELECT v.chunk_id, v.distance FROM chunk_vec v WHERE v.embedding MATCH ? AND k = ? AND {where}"
                     ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance",
                     [query, depth, *args],

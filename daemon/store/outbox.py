@@ -81,7 +81,7 @@ _BLOCK_TEMPLATE = (
 )
 
 
-def block_record_payload(
+def block_record_payload(  # noqa: PLR0917 - mirrors the fields of a fixed record layout
     seq: int,
     block_id: bytes,
     fourcc: str,
@@ -178,7 +178,7 @@ class Outbox:
             total = 0
             if stream == "maif":
                 rows = conn.execute(
-                    f"SELECT {_BLOCK_ROW} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (_maif_cursor(conn), limit)
+                    f"SELECT {_BLOCK_ROW} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (_maif_cursor(conn), limit)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 )
                 for row in rows:
                     payload = block_record_payload(*row)
@@ -221,7 +221,7 @@ class Outbox:
                 stats[str(stream)] = OutboxStats(int(count), int(nbytes), float(oldest))
             cursor = _maif_cursor(conn)
             count, nbytes = conn.execute(
-                f"SELECT count(*), coalesce(sum({_BLOCK_SIZE_SQL}), 0) FROM blocks WHERE seq > ?", (cursor,)
+                f"SELECT count(*), coalesce(sum({_BLOCK_SIZE_SQL}), 0) FROM blocks WHERE seq > ?", (cursor,)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
             ).fetchone()
             first = conn.execute("SELECT ts_us FROM blocks WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,)).fetchone()
             stats["maif"] = OutboxStats(int(count), int(nbytes), None if first is None else first[0] / 1_000_000)

@@ -38,7 +38,8 @@ async def audits(store: Store, rnd: random.Random) -> None:
 async def memories(store: Store, rnd: random.Random) -> None:
     while True:
         item = await store.memory.create(
-            owner_type="agent", owner_id="crash", content=f"note {rnd.random()}", vector=[rnd.random() for _ in range(8)]
+            owner_type="agent", owner_id="crash", content=f"note {rnd.random()}",
+            vector=[rnd.random() for _ in range(8)],
         )
         sys.stdout.write(f"M {item.id}\n")
         sys.stdout.flush()

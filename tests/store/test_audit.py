@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from pathlib import Path
 
@@ -17,7 +18,7 @@ async def test_every_kind_is_recorded_and_chained(store: Store) -> None:
         await store.audit_append(kind, "agent-1", "memory/42", {"kind": kind})
     records = await store.audit_list(limit=100)
     assert [r.kind for r in records] == list(KNOWN_KINDS)
-    assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     assert (await store.audit_verify()).ok
     denied = await store.audit_list(kind="permission_denied")
     assert len(denied) == 1 and denied[0].data == {"kind": "permission_denied"}

@@ -15,7 +15,9 @@ from daemon.store.maif_file import decode_file
 
 
 async def _fill(store: Store, n: int = 6) -> None:
-    await store.append_blocks([BlockInput("TEXT", f"payload {i}".encode(), {"i": i} if i % 2 else None) for i in range(n)])
+    await store.append_blocks(
+        [BlockInput("TEXT", f"payload {i}".encode(), {"i": i} if i % 2 else None) for i in range(n)]
+    )
 
 
 async def test_appended_blocks_form_a_verifiable_chain(store: Store) -> None:

