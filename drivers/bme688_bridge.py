@@ -341,6 +341,8 @@ class Bme688Bridge:
                 self._serial, self._fw, self._chip_id, self.variant_id = parse_hello(body)
                 if self.calibration is not None:
                     self._hello_seen.set()
+                if self.state is LinkState.STREAMING and (self._task is None or self._task.done()):
+                    self._on_reboot()
             elif word == "CAL":
                 self.calibration = parse_cal(body)
                 if self._serial is not None:
@@ -355,6 +357,13 @@ class Bme688Bridge:
         except CodecError as exc:
             self._stats["message_errors"] += 1
             self._problem("message", "%s: bad message: %s", self.port, exc)
+
+    def _on_reboot(self) -> None:
+        """An unasked HELLO: the bridge restarted in sleep mode and forgot its configuration; set it again."""
+        self._stats["reboots"] = self._stats.get("reboots", 0) + 1
+        self._listener.on_event(DeviceEvent(self.device_id or self.port, "bridge_rebooted", {}, self._wall()))
+        self._link.mark_handshake()
+        self._task = asyncio.get_running_loop().create_task(self._handshake(), name=f"bme688-handshake:{self.port}")
 
     def _on_field(self, number: int, fld: b.FieldData) -> None:
         if self.calibration is None or self.variant_id is None or self.device_id is None:

@@ -175,6 +175,15 @@ class Bme688BridgeStub:
                 await self._task
         await self.port.close()
 
+    def reboot(self) -> None:
+        """Power-cycle the bridge MCU: back to sleep mode with default settings, HELLO and CAL printed."""
+        self.mode = "sleep"
+        self.heater = (320, 150)
+        self.profile = [(320, 150)]
+        self._splitter = LineSplitter()
+        self.send_hello()
+        self._send("CAL " + self.calibration.to_bytes().hex().upper())
+
     # --- lines --------------------------------------------------------------------------------------
     def send_hello(self) -> None:
         self._send(f"HELLO bme688-bridge {self.serial} {self.fw_version} {b.CHIP_ID:02x} {self.variant_id:02x}")

@@ -196,3 +196,14 @@ async def test_stall_and_unplug_are_recovered() -> None:
             n = len(rec.readings)
             await wait_for(lambda: len(rec.readings) > n)
             assert any(e.name == "stalled" for e in rec.events)
+
+
+async def test_bridge_reboot_is_reconfigured(rig: Rig) -> None:
+    await rig.bridge.command("set_heater", {"temp_c": 280, "dur_ms": 120})
+    rig.stub.reboot()
+    assert rig.stub.mode == "sleep"
+    await wait_for(lambda: any(e.name == "bridge_rebooted" for e in rig.rec.events))
+    await wait_for(lambda: rig.stub.mode == "forced" and rig.bridge.state is LinkState.STREAMING)
+    assert rig.stub.heater == (280, 120)
+    n = len(rig.rec.readings)
+    await wait_for(lambda: len(rig.rec.readings) > n)
