@@ -17,7 +17,7 @@ from tests.hub.conftest import BASE, HubNode, mqtt_agent
 async def _next(client: aiomqtt.Client, timeout: float = 5.0) -> Any:
     async with asyncio.timeout(timeout):
         async for message in client.messages:
-            return json.loads(message.payload)  # type: ignore[arg-type]
+            return json.loads(message.payload)
     return None
 
 
@@ -168,7 +168,7 @@ async def test_liveness_follows_status_and_last_will(node: HubNode) -> None:
         _, body, _ = await node.call("GET", "/v1/agents/agent-b")
         assert body["status"] == "online"
         # Drop the TCP connection without DISCONNECT: the broker publishes the will.
-        cb._client._sock_close()  # type: ignore[attr-defined]  # paho: simulate a lost link
+        cb._client._sock_close()
         for _ in range(200):
             if not node.hub.registry.mqtt_online("agent-b"):
                 break

@@ -69,7 +69,7 @@ async def test_handoff_notifications_on_mqtt(node: HubNode) -> None:
         await cb.subscribe(f"{BASE}/handoffs/+", qos=1)
         await _initiate(node, a, "h-n")
         async for message in cb.messages:
-            body = json.loads(message.payload)  # type: ignore[arg-type]
+            body = json.loads(message.payload)
             if body["id"] == "h-n":
                 assert body["state"] == "pending" and "context" not in body
                 break

@@ -211,7 +211,7 @@ async def test_registration_over_mqtt(node: HubNode) -> None:
         await client.publish(f"{BASE}/agents/register", json.dumps(
             {"enrolment_token": ENROL, "type": "GPT_AGENT", "owner": "carol", "id": "gpt-1"}), qos=1, properties=props)
         async for message in client.messages:
-            body = json.loads(message.payload)  # type: ignore[arg-type]
+            body = json.loads(message.payload)
             break
     assert body["ok"] and body["agent"]["id"] == "gpt-1"
     async with mqtt_agent(node, body) as c:
