@@ -39,6 +39,8 @@ _INDEX_ENTRY = struct.Struct(">QQII")
 _FOOTER = struct.Struct(">4sQ32sI")
 _LENGTH = struct.Struct(">I")
 FILE_HEADER_SIZE = _FILE_HEADER.size  # 444
+# Byte offsets of file-header fields, named in decoding errors.
+_OFF_BLOCK_COUNT, _OFF_PROVENANCE, _OFF_SECURITY, _OFF_INDEX, _OFF_RESERVED = 124, 128, 136, 144, 440
 BLOCK_HEADER_SIZE = _BLOCK_HEADER.size  # 372
 FOOTER_SIZE = _FOOTER.size  # 48
 INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # 24
@@ -335,7 +337,7 @@ def decode_file(data: bytes) -> MaifFile:
     if (header.version_major, header.version_minor) not in SUPPORTED_VERSIONS:
         raise MaifFormatError(4, f"unsupported version {header.version_major}.{header.version_minor}")
     if header.reserved != b"\x00" * 4:
-        raise MaifFormatError(440, "reserved header bytes are not zero")
+        raise MaifFormatError(_OFF_RESERVED, "reserved header bytes are not zero")
     footer_at = size - FOOTER_SIZE
     magic, total, checksum, footer_reserved = _FOOTER.unpack_from(data, footer_at)
     if magic != MAGIC_FOOTER:
@@ -345,7 +347,7 @@ def decode_file(data: bytes) -> MaifFile:
     if footer_reserved != 0:
         raise MaifFormatError(footer_at + 44, "reserved footer bytes are not zero")
     if header.block_count > (footer_at - FILE_HEADER_SIZE) // BLOCK_HEADER_SIZE:
-        raise MaifFormatError(64 + 64, f"block count {header.block_count} cannot fit in the file")
+        raise MaifFormatError(_OFF_BLOCK_COUNT, f"block count {header.block_count} cannot fit in the file")
     blocks: list[MaifBlock] = []
     offset = FILE_HEADER_SIZE
     for _ in range(header.block_count):
@@ -374,17 +376,17 @@ def decode_file(data: bytes) -> MaifFile:
         blocks.append(MaifBlock(offset, bh, payload, metadata, meta_raw))
         offset += bh.size
     if header.provenance_offset != offset:
-        raise MaifFormatError(112, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})")
+        raise MaifFormatError(_OFF_PROVENANCE, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})")
     provenance, end = _json_section(data, header.provenance_offset, footer_at, "provenance")
     if header.security_offset != end:
-        raise MaifFormatError(120, f"security offset {header.security_offset} is not where provenance ends ({end})")
+        raise MaifFormatError(_OFF_SECURITY, f"security offset {header.security_offset} is not where provenance ends ({end})")
     security, end = _json_section(data, header.security_offset, footer_at, "security")
     if not isinstance(security, dict):
         raise MaifFormatError(header.security_offset, "security section is not a JSON object")
     if not isinstance(provenance, list):
         raise MaifFormatError(header.provenance_offset, "provenance section is not a JSON list")
     if header.index_offset != end:
-        raise MaifFormatError(128, f"index offset {header.index_offset} is not where security ends ({end})")
+        raise MaifFormatError(_OFF_INDEX, f"index offset {header.index_offset} is not where security ends ({end})")
     if footer_at - end != INDEX_ENTRY_SIZE * header.block_count:
         raise MaifFormatError(end, f"block index is {footer_at - end} bytes, expected {INDEX_ENTRY_SIZE} per block")
     index = tuple(_INDEX_ENTRY.unpack_from(data, end + i * INDEX_ENTRY_SIZE) for i in range(header.block_count))

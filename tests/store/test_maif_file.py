@@ -193,3 +193,11 @@ def test_mutated_valid_files_only_raise_the_codec_error(position: int, junk: byt
     except MaifFormatError:
         pass
     verify_file(bytes(data))
+
+
+def test_header_offsets_in_errors_point_at_the_field() -> None:
+    data = bytearray(_file(1))
+    struct.pack_into(">Q", data, 128, 999_999)  # provenance_offset
+    with pytest.raises(MaifFormatError) as info:
+        decode_file(bytes(data))
+    assert info.value.offset == 128
