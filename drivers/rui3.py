@@ -184,9 +184,17 @@ def telemetry_readings(
     readings: list[Reading] = []
     analog = body.get("analog")
     if isinstance(analog, Mapping):
-        q = {k: Quantity(float(v), "raw") for k, v in analog.items() if _is_number(v)}
+        # ESP32-S3 12-bit ADC counts, as the USB MycoBrain driver labels them
+        q = {k: Quantity(float(v), "count") for k, v in analog.items() if _is_number(v)}
         if q:
             readings.append(Reading(device_id, "analog", q, ts, seq, meta=meta))
+    board: dict[str, Quantity] = {}
+    if _is_number(body.get("uptime_s")):
+        board["uptime_s"] = Quantity(float(body["uptime_s"]), "s")
+    if isinstance(body.get("estop"), bool):
+        board["estop"] = Quantity(float(body["estop"]), "bool")
+    if board:
+        readings.append(Reading(device_id, "board", board, ts, seq, meta=meta))
     bme = body.get("bme688")
     if isinstance(bme, Mapping):
         for name, values in sorted(bme.items()):
@@ -266,7 +274,6 @@ class Rui3Modem:
         self._device_id: str | None = None
         self._deveui: str | None = None
         self._remote_ids: dict[int, str] = {}  # MDP src endpoint -> board device_id (from HELLO)
-        self._remote_seq: dict[str, int] = {}
         self._last_hello_ask: dict[int, float] = {}
         self._tx_seq = 1
         self._last_rx: dict[str, object] = {}
@@ -562,8 +569,7 @@ class Rui3Modem:
             self._ask_hello(frame.src)
             return
         ts = self._wall()
-        seq = self._remote_seq.get(board_id, 0) + 1
-        self._remote_seq[board_id] = seq
+        seq = frame.seq  # the board's own sequence number, so lost packets show as gaps
         if frame.msg_type == mdp.MsgType.TELEMETRY:
             readings = telemetry_readings(board_id, body, ts=ts, seq=seq, meta=meta)
             readings.append(

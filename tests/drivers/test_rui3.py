@@ -144,6 +144,8 @@ async def test_remote_telemetry_arrives_under_the_boards_own_id_with_rssi_and_sn
     assert by_sensor["lora_link"].quantities["rssi"].value == -97
     assert by_sensor["lora_link"].quantities["snr"].value == -3
     assert by_sensor["bme688_a"].meta["rssi_dbm"] == -97
+    assert by_sensor["board"].quantities["uptime_s"].value == rig.remote.uptime_s
+    assert by_sensor["bme688_a"].seq == rig.remote.seq - 1  # the board's own MDP seq: gaps stay visible
 
 
 async def test_unknown_board_is_asked_for_its_hello(rig: Rig) -> None:
