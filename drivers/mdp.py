@@ -166,6 +166,11 @@ class Frame:
             raise CrcMismatchError(f"crc 0x{got:04X}, computed 0x{want:04X}")
         return cls(msg_type, seq, ack, flags, src, dst, bytes(raw[HEADER_SIZE:-2]), rsv, version)
 
+    @classmethod
+    def with_json(cls, msg_type: int, obj: Mapping[str, Any], **fields: int) -> Frame:
+        """A frame whose payload is ``obj`` serialised as the firmware does (compact JSON)."""
+        return cls(msg_type, payload=dump_payload(obj), **fields)
+
     def json(self) -> dict[str, Any]:
         """The payload as a JSON object; raises ``PayloadError`` for anything else."""
         return parse_payload(self.payload)
@@ -212,7 +217,12 @@ def encode_firmware(frame: Frame) -> bytes:
 
 
 def decode(encoded: bytes) -> Frame:
-    """Decode one COBS-encoded frame without its 0x00 delimiter; raises an ``MdpError`` subclass."""
+    """Decode one COBS-encoded frame; raises an ``MdpError`` subclass.
+
+    One trailing 0x00 delimiter is accepted: a COBS encoding never contains 0x00, so it is unambiguous.
+    """
+    if encoded.endswith(b"\x00"):
+        encoded = encoded[:-1]
     try:
         raw = cobs.decode(encoded)
     except cobs.CobsError as exc:

@@ -313,14 +313,23 @@ class MycoBrain:
         await self._configure()
 
     async def _configure(self) -> None:
-        try:
-            result = await self._send_command("stream_sensors", {"rate_hz": self.stream_rate_hz})
-        except (LinkError, DeviceTimeoutError, CodecError) as exc:
-            self._count_error("configure", f"stream_sensors failed: {exc}")
+        """Ask for the stream rate. The board is identified, so the link streams after the first try
+        whatever its outcome; retries are separate commands, so the Side A leg is never held for long."""
+        for _ in range(1 + self._retries):
+            try:
+                result = await self._send_command("stream_sensors", {"rate_hz": self.stream_rate_hz},
+                                                  retry=False)
+            except DeviceTimeoutError as exc:
+                self._count_error("configure", f"stream_sensors unanswered: {exc}")
+                self._link.mark_streaming()
+                continue
+            except (LinkError, CodecError) as exc:
+                self._count_error("configure", f"stream_sensors failed: {exc}")
+                return
+            if not result.ok:
+                self._count_error("configure", f"stream_sensors refused: {result.message}")
+            self._link.mark_streaming()
             return
-        if not result.ok:
-            self._count_error("configure", f"stream_sensors refused: {result.message}")
-        self._link.mark_streaming()
 
     async def _watchdog(self) -> None:
         """Count stalls; probe with ``hello``; after three silent periods reopen the port."""

@@ -90,7 +90,8 @@ class SpecBoard:
     """A minimal Side A written from the spec alone; records every frame the host sends."""
 
     def __init__(self, *, device_id: str = "mycobrain-abcdef", ack_delay_s: float = 0.0,
-                 duplicate_acks: bool = False) -> None:
+                 duplicate_acks: bool = False, ignore: frozenset[str] = frozenset()) -> None:
+        self.ignore = ignore
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         os.set_blocking(self.master, False)
@@ -140,6 +141,8 @@ class SpecBoard:
 
     def answer(self, seq: int, payload: dict[str, Any]) -> None:
         cmd = payload["cmd"]
+        if cmd in self.ignore:
+            return
         if cmd == "hello":
             self.send(0x06, seq, 0, {"device_id": self.device_id, "firmware_version": "spec-1", "role": "x",
                                      "sensors": ["bme688_a"], "capabilities": []})
@@ -410,3 +413,15 @@ async def test_telemetry_resumes_within_2_s_of_replug_with_default_backoff_and_r
         # The half frame written just before the cut is either read and counted as truncated, or
         # discarded by the tty hang-up; either way the link counts the loss of the device.
         assert mb.stats()["disconnects"] == 1 and mb.stats().get("err_truncated", 0) <= 1
+
+
+async def test_a_board_that_ignores_stream_sensors_still_streams_and_takes_commands() -> None:
+    listener = Listener()
+    async with SpecBoard(ignore=frozenset({"stream_sensors"})) as board, MycoBrain(
+        port=board.path, listener=listener, hello_wait_s=0.05, ack_timeout_s=0.3, backoff=FAST
+    ) as mb:
+        await until(lambda: mb.state is LinkState.STREAMING, timeout=2.0)
+        started = time.monotonic()
+        assert (await mb.command("clear_estop", {})).ok
+        assert time.monotonic() - started < 1.0  # the leg is not held by the unanswered configuration
+        assert mb.stats()["err_configure"] >= 1
