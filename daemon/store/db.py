@@ -225,11 +225,15 @@ class Database:
         ``savepoint=False`` is for jobs that write nothing themselves (they stage rows that a
         ``before_commit`` hook inserts), so there is nothing to roll back if they raise.
         """
+        return await self.submit(fn, savepoint=savepoint)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> asyncio.Future[T]:
+        """Queue ``fn`` for the next group and return the future of its durable result (loop thread)."""
         if not self._open:
             raise StoreClosedError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._writes.put(_Job(fn, future, savepoint))
-        return await future
+        return future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the reader connection (a consistent WAL snapshot for the duration of ``fn``)."""

@@ -376,10 +376,14 @@ def decode_file(data: bytes) -> MaifFile:
         blocks.append(MaifBlock(offset, bh, payload, metadata, meta_raw))
         offset += bh.size
     if header.provenance_offset != offset:
-        raise MaifFormatError(_OFF_PROVENANCE, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})")
+        raise MaifFormatError(
+            _OFF_PROVENANCE, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})"
+        )
     provenance, end = _json_section(data, header.provenance_offset, footer_at, "provenance")
     if header.security_offset != end:
-        raise MaifFormatError(_OFF_SECURITY, f"security offset {header.security_offset} is not where provenance ends ({end})")
+        raise MaifFormatError(
+            _OFF_SECURITY, f"security offset {header.security_offset} is not where provenance ends ({end})"
+        )
     security, end = _json_section(data, header.security_offset, footer_at, "security")
     if not isinstance(security, dict):
         raise MaifFormatError(header.security_offset, "security section is not a JSON object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -182,3 +183,22 @@ async def test_import_refuses_a_tampered_file_naming_the_block(store: Store, tmp
     with pytest.raises(VerificationError) as info:
         await import_file(store, out)
     assert info.value.index == 1
+
+
+async def test_concurrent_single_appends_share_a_job_and_survive_a_cancelled_caller(store: Store) -> None:
+    tasks = [asyncio.create_task(store.append_block("TEXT", bytes([i]))) for i in range(50)]
+    await asyncio.sleep(0)
+    tasks[7].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    infos = [d for d in done if not isinstance(d, BaseException)]
+    assert len(infos) == 49
+    assert sorted(i.seq for i in infos) == sorted({i.seq for i in infos})
+    assert (await store.verify_blocks()).ok
+    assert await store.blocks.count() == 50  # the cancelled caller's block was written all the same
+
+
+async def test_invalid_block_fails_only_its_caller(store: Store) -> None:
+    good = asyncio.create_task(store.append_block("TEXT", b"ok"))
+    with pytest.raises(InvalidInputError):
+        await store.append_block("bad!", b"x")
+    assert (await good).seq == 1
