@@ -188,3 +188,4 @@ def spec() -> dict[str, Any]:
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
     }
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import logging
 import random
@@ -20,6 +21,7 @@ from daemon.upstream.app import STATE, UpstreamState, make_app
 from daemon.upstream.db import UpstreamDb
 from daemon.upstream.errors import UpstreamConfigError
 from daemon.upstream.faults import Faults
+from daemon.upstream.openapi import spec
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mycoedge upstream",
                                 description="Reference upstream: stores what nodes sync, deduplicated.")
     p.add_argument("--listen", default="127.0.0.1:8788", help="HOST:PORT (port 0 = any free port)")
-    p.add_argument("--db", required=True, help="SQLite file to store records in")
+    p.add_argument("--db", help="SQLite file to store records in (required to serve)")
+    p.add_argument("--openapi", action="store_true", help="print the ingest API's OpenAPI document and exit")
     p.add_argument("--token", help="bearer token nodes must send")
     p.add_argument("--admin-token", help="bearer token for /admin (default: none required)")
     p.add_argument("--tls-cert", help="server certificate (PEM); enables HTTPS")
@@ -141,7 +144,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mycoedge upstream --listen HOST:PORT --db FILE [faults…]``; runs until SIGINT/SIGTERM."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.openapi:
+        sys.stdout.write(json.dumps(spec(), indent=2, sort_keys=True) + "\n")
+        return 0
+    if not args.db:
+        parser.error("--db is required")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Fault-injected resets make aiohttp log every aborted connection; that noise is the point here.

@@ -52,12 +52,12 @@ queue = st.lists(st.tuples(st.floats(0, 1000), st.integers(1, 2000)), max_size=1
 
 
 @settings(max_examples=300, deadline=None)
-@given(telemetry=queue, events=queue, maif=queue, audit=queue, cap=st.integers(1000, 200_000),
-       now=st.floats(0, 2000))
+@given(streams=st.fixed_dictionaries({"telemetry": queue, "events": queue, "maif": queue, "audit": queue}),
+       cap=st.integers(1000, 200_000), now=st.floats(0, 2000))
 def test_plan_never_touches_kept_streams_and_brings_the_spool_under_its_cap(
-    telemetry: list[tuple[float, int]], events: list[tuple[float, int]], maif: list[tuple[float, int]],
-    audit: list[tuple[float, int]], cap: int, now: float,
+    streams: dict[str, list[tuple[float, int]]], cap: int, now: float,
 ) -> None:
+    telemetry, events, maif, audit = streams["telemetry"], streams["events"], streams["maif"], streams["audit"]
     policy = SpoolPolicy(max_bytes=cap, streams={
         "telemetry": StreamPolicy(Retention.SHED, max_age_s=500.0, shed_rank=0),
         "events": StreamPolicy(Retention.SHED, max_age_s=900.0, shed_rank=1),
@@ -149,7 +149,8 @@ async def test_a_day_offline_drops_only_counted_telemetry_and_keeps_every_block_
     assert all(not s.dropped for name, s in status.streams.items() if name != "telemetry")
     assert not status.spool.protected_over_cap
     assert sum(s.bytes for s in stats.values()) <= CAP
-    assert f'mycoedge_sync_dropped_records_total{{reason="spool_cap",stream="telemetry"}} {float(dropped["spool_cap"])}' in metrics
+    counter = 'mycoedge_sync_dropped_records_total{reason="spool_cap",stream="telemetry"}'
+    assert f"{counter} {float(dropped['spool_cap'])}" in metrics
 
     # Back online: everything kept arrives; telemetry is exactly the newest records, in order.
     async with UpstreamServer(tmp_path / "up.db") as up:  # type: ignore[operator]
@@ -181,7 +182,9 @@ async def test_when_only_never_dropped_streams_fill_the_cap_telemetry_goes_and_t
     assert status.to_json()["spool"]["protected_over_cap"] is True
 
 
-async def test_telemetry_older_than_its_age_limit_is_dropped_and_counted(clocked_store: Store, clock: FakeClock) -> None:
+async def test_telemetry_older_than_its_age_limit_is_dropped_and_counted(
+    clocked_store: Store, clock: FakeClock
+) -> None:
     store = clocked_store
     policy = SpoolPolicy(streams={"telemetry": StreamPolicy(Retention.SHED, max_age_s=3600.0)})
     async with SyncWorker(store, url=_closed_port_url(), spool=policy, clock=clock, periodic=False) as worker:

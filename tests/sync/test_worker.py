@@ -194,7 +194,7 @@ async def test_metrics_show_fill_lag_drops_and_last_success(store: Store, upstre
 
 
 def test_invalid_settings_name_the_setting(store: Store) -> None:
-    with pytest.raises(SyncSettingsError, match="sync.url"):
+    with pytest.raises(SyncSettingsError, match=r"sync\.url"):
         SyncWorker(store, url="ftp://x")
     with pytest.raises(SyncSettingsError, match="interval_s"):
         SyncWorker(store, url="http://127.0.0.1:1", interval_s=0)
