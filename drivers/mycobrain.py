@@ -293,8 +293,8 @@ class MycoBrain:
         attempts = 0
         while not self._identified.is_set() and self._mode != "ndjson":
             if attempts >= self._hello_attempts:
-                if self._side_b:
-                    # A Side B with no Side A behind it: its HELLO has no device_id.
+                if self._side_b or SIDE_B in self._legs_seen:
+                    # A Side B with no Side A behind it: its HELLO (if heard) has no device_id.
                     self._identify(f"mycobrain-sideb-{self._qualifier()}")
                     break
                 self._count_error("no_hello", "no HELLO after asking")
@@ -344,7 +344,8 @@ class MycoBrain:
             self._last_rx = loop.time()
             self._stats["stall"] += 1
             self._emit_event("stalled", {"silent_s": self._stall_timeout})
-            if silent_periods >= 3:
+            if silent_periods >= 3 and self._mode != "ndjson":
+                # A legacy board streams at its own rate, which we cannot set: count, never reopen.
                 self._link.fail("board silent")
                 return
             if self._mode == "mdp" and self._identified.is_set():

@@ -541,6 +541,8 @@ class MycoBrainStub:
         boot_delay_s: float = BOOT_DELAY_S,
         boot_hello: bool = True,
         legacy: bool = False,
+        side_a_behind: bool = True,
+        heartbeat_s: float = SIDE_B_HEARTBEAT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.faults = faults or FaultPlan()
@@ -558,7 +560,8 @@ class MycoBrainStub:
                            boot_delay_s=boot_delay_s, boot_hello=boot_hello)
             if side == "b":
                 side_a.frame_hook = self._fault_hook
-                self.board = SideB(self.port.write, side_a=side_a, seed=seed, clock=clock)
+                self.board = SideB(self.port.write, side_a=side_a if side_a_behind else None, seed=seed,
+                                   clock=clock, heartbeat_s=heartbeat_s)
             else:
                 self.board = side_a
             self.board.frame_hook = self._fault_hook

@@ -425,3 +425,15 @@ async def test_a_board_that_ignores_stream_sensors_still_streams_and_takes_comma
         assert (await mb.command("clear_estop", {})).ok
         assert time.monotonic() - started < 1.0  # the leg is not held by the unanswered configuration
         assert mb.stats()["err_configure"] >= 1
+
+
+async def test_a_side_b_alone_is_identified_by_its_port_and_takes_transport_commands() -> None:
+    listener = Listener()
+    async with MycoBrainStub(side="b", side_a_behind=False, heartbeat_s=0.2, seed=15) as stub, MycoBrain(
+        port=stub.path, listener=listener, usb_serial="B-ONLY", hello_wait_s=0.05, hello_timeout_s=0.3,
+        ack_timeout_s=0.2, retries=0, backoff=FAST
+    ) as mb:
+        await until(lambda: mb.state is LinkState.STREAMING, timeout=4.0)
+        assert mb.device_id == "mycobrain-sideb-B-ONLY"
+        assert (await mb.command("ble_advertise", {"en": True, "interval_ms": 100})).message == "ble_advertising_on"
+        assert mb.describe()["transport_status"]["ble_ready"] in (True, False)
