@@ -14,6 +14,22 @@ Behaviour follows the public firmware (``MycoBrain_SideA_MDP/src/main.cpp``,
   ``forwarded_to_side_a`` if requested) and Side A's frames forwarded verbatim to the host; only 0x0A ends
   a line.
 
+Where the firmware and PROTOCOLS.md section 1 disagree (the device wins; the stubs follow the device):
+
+- Side B's HELLO has no ``device_id`` and ``supports`` is a string; Side B NACKs ``hello``
+  (``unknown_transport_command``); it sends ``transport_status`` every 5 s unasked; it ACKs a command
+  for 0xA1 itself (``forwarded_to_side_a``), so one seq gets two ACKs from two sources.
+- Side B ends text lines only at 0x0A (and parses JSON lines as OpenClaw commands; not emulated).
+- The firmware's COBS writes an extra 0x01 block after a final run of 254 non-zero bytes.
+- An over-long frame is not dropped cleanly: the 1024-byte buffer restarts and the tail is parsed as a
+  frame of its own (and fails).
+- ``fmt json`` + ``live on`` print per-sensor lines ``{"ts_ms","sensor","tC","rh","p_hPa","gas"}``
+  without ``type``/``board_id``; the ``type``/``ts``/``board_id`` legacy shape is emulated by
+  ``LegacyBoard`` as the spec describes it. Telemetry BME688 values are floats; only the analog
+  inputs are integers.
+- Text is printed on the same port before the boot HELLO (e.g. ``Claw: GPIO servo initialized``).
+- Newer firmware revisions add a claw (``capabilities: claw``, ``claw_*`` commands); not emulated.
+
 Faults (``FaultPlan``): garbage before a frame, bad CRC, truncated frames, drip, stalls and unplug/replug.
 Only ``drivers`` codecs are imported (``drivers.mdp``, ``drivers.cobs``), never the host driver.
 """
