@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import asyncio
+import json
 import logging
 import random
 import signal

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,15 +95,6 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
     if proc.stderr is not None:
         proc.stderr.close()
-
-
-@pytest.fixture
-def upstream_process(tmp_path: Path) -> Iterator[UpstreamProcess]:
-    up = start_upstream(tmp_path / "upstream.db")
-    try:
-        yield up
-    finally:
-        stop_process(up.proc)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import random
@@ -78,7 +79,8 @@ async def test_tokens_guard_ingest_and_admin_separately(tmp_path: Path) -> None:
 
 
 async def test_faults_from_flags_can_be_flipped_at_run_time(tmp_path: Path) -> None:
-    up = start_upstream(tmp_path / "u.db", "--error-rate", "1", "--latency", "0.01", "--latency-rate", "1")
+    up = await asyncio.to_thread(start_upstream, tmp_path / "u.db", "--error-rate", "1", "--latency", "0.01",
+                                 "--latency-rate", "1")
     try:
         assert await up.get("/admin/faults") == {**Faults().to_json(), "error_rate": 1.0, "latency_s": 0.01,
                                                  "latency_rate": 1.0}
@@ -98,7 +100,7 @@ async def test_faults_from_flags_can_be_flipped_at_run_time(tmp_path: Path) -> N
                 assert r.status == 200
         assert await up.ids("events") == ["a"]
     finally:
-        stop_process(up.proc)
+        await asyncio.to_thread(stop_process, up.proc)
 
 
 def test_fault_dice_follow_their_rates() -> None:
