@@ -44,16 +44,24 @@ def _port_free(port: int) -> bool:
 def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[str, Any]]:
     """Simulated MycoBrain boards as separate processes, each on its own pty, as real boards would appear."""
     devdir.mkdir(parents=True, exist_ok=True)
-    devices: list[dict[str, Any]] = []
+    stubs: list[tuple[list[str], dict[str, Any]]] = []
     for index in range(count):
         path = devdir / f"mycobrain-{index}"
+        stubs.append((["mycobrain", "--side", "a", "--seed", str(index + 1), "--path", str(path)],
+                      {"kind": "mycobrain", "port": str(path), "name": f"demo-board-{index}"}))
+    # One BME688 bridge and one RUI3 modem that hears a remote MycoBrain over a simulated radio.
+    stubs.append((["bme688", "--path", str(devdir / "bme688-0")],
+                  {"kind": "bme688", "port": str(devdir / "bme688-0"), "name": "demo-bme688"}))
+    stubs.append((["rui3", "--path", str(devdir / "rui3-0"), "--telemetry-every", "5", "--device-id", "mycobrain-5a1e07"],
+                  {"kind": "rui3", "port": str(devdir / "rui3-0"), "name": "demo-lora"}))
+    devices: list[dict[str, Any]] = []
+    for argv, device in stubs:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_stubs", "mycobrain", "--side", "a", "--seed", str(index + 1),
-             "--path", str(path)],
+            [sys.executable, "-m", "firmware_stubs", *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         children.callback(_stop_child, proc)
-        devices.append({"kind": "mycobrain", "port": str(path), "name": f"demo-board-{index}"})
+        devices.append(device)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all(Path(d["port"]).exists() for d in devices):
         time.sleep(0.05)

@@ -34,9 +34,12 @@ from daemon.config import DeviceConfig
 from daemon.mqtt import BrokerLink
 from daemon.openapi import Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
+from drivers.bme688 import HeaterStep
+from drivers.bme688_bridge import Bme688Bridge
 from drivers.device import CommandResult, Device, DeviceEvent, DeviceListener, LinkState
 from drivers.errors import DeviceTimeoutError, DriverError, LinkError, NotReadyError
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings
+from drivers.lora_gateway import LoraGateway
 from drivers.model import Reading
 from drivers.mycobrain import MycoBrain
 from drivers.rui3 import Rui3Modem
@@ -456,9 +459,21 @@ def _rui3(config: DeviceConfig, listener: DeviceListener) -> Device:
     )
 
 
+def _bme688(config: DeviceConfig, listener: DeviceListener) -> Device:
+    return Bme688Bridge(config.port, listener, mode="forced",
+                        heater=HeaterStep(config.heater_temp_c, config.heater_dur_ms), rate_ms=config.rate_ms)
+
+
+def _lora_gateway(config: DeviceConfig, listener: DeviceListener) -> Device:
+    settings = LoRaSettings(sf=config.spreading_factor, bw_hz=config.bandwidth_khz * 1000,
+                            coding_rate=config.coding_rate, preamble=config.preamble)
+    return LoraGateway(config.port, listener, device_id=config.name or None, settings=settings,
+                       budget=DutyCycleBudget(duty_cycle=config.duty_cycle_pct / 100.0))
+
+
 def default_factories() -> dict[str, DeviceFactory]:
     """The driver for each ``[[devices]] kind``."""
-    return {"mycobrain": _mycobrain, "rui3": _rui3}
+    return {"mycobrain": _mycobrain, "rui3": _rui3, "bme688": _bme688, "lora-gateway": _lora_gateway}
 
 
 # ---- HTTP ------------------------------------------------------------------------------------------
