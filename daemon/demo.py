@@ -52,7 +52,8 @@ def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[st
     # One BME688 bridge and one RUI3 modem that hears a remote MycoBrain over a simulated radio.
     stubs.append((["bme688", "--path", str(devdir / "bme688-0")],
                   {"kind": "bme688", "port": str(devdir / "bme688-0"), "name": "demo-bme688"}))
-    stubs.append((["rui3", "--path", str(devdir / "rui3-0"), "--telemetry-every", "5", "--device-id", "mycobrain-5a1e07"],
+    stubs.append((["rui3", "--path", str(devdir / "rui3-0"), "--telemetry-every", "5",
+                   "--device-id", "mycobrain-5a1e07"],
                   {"kind": "rui3", "port": str(devdir / "rui3-0"), "name": "demo-lora"}))
     devices: list[dict[str, Any]] = []
     for argv, device in stubs:
