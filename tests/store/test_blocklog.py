@@ -202,3 +202,22 @@ async def test_invalid_block_fails_only_its_caller(store: Store) -> None:
     with pytest.raises(InvalidInputError):
         await store.append_block("bad!", b"x")
     assert (await good).seq == 1
+
+
+async def test_parallel_verification_joins_ranges_and_names_the_bad_block(
+    tmp_path: Path, signer: Ed25519Signer
+) -> None:
+    path = tmp_path / "p.db"
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        for part in range(4):
+            await store.append_blocks([BlockInput("BINA", bytes([part, i])) for i in range(50)])
+        seen: list[tuple[int, int]] = []
+        report = await store.blocks.verify(lambda d, t: seen.append((d, t)), workers=2, parallel_from=1)
+        assert report.ok and report.checked == 200 and seen[-1] == (200, 200)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE blocks SET payload = x'ff' WHERE seq = 151")
+    conn.commit()
+    conn.close()
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        report = await store.blocks.verify(workers=2, parallel_from=1)
+    assert not report.ok and report.first_bad == 151
