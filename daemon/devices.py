@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -176,6 +177,9 @@ class DeviceFleet:
                                  ["valid"], registry=registry)
         self._bad_commands = Counter("mycoedge_device_bad_commands",
                                      "MQTT command payloads refused as malformed", registry=registry)
+        self._id_collisions = Counter("mycoedge_device_remote_id_collisions",
+                                      "Remote readings whose board id was already taken by a local board",
+                                      registry=registry)
         self._sink_errors = Counter("mycoedge_device_sink_errors", "Reading batches the store refused",
                                     registry=registry)
         if registry is not None:
@@ -290,6 +294,14 @@ class DeviceFleet:
     # ---- what drivers report -------------------------------------------------------------------------
     def reading(self, entry: _Entry | None, reading: Reading) -> None:
         self._readings.labels(valid=str(reading.valid).lower()).inc()
+        if entry is not None and entry.device is not None and reading.device_id != entry.device.device_id and any(
+            other is not entry and other.device is not None and other.device.device_id == reading.device_id
+            for other in self.entries
+        ):
+            # A remote board (heard over LoRa) announcing the id of a local board: the ESP32 id is only the
+            # vendor prefix (PROTOCOLS.md section 1), so two boards can share it. Never merge their streams.
+            self._id_collisions.inc()
+            reading = dataclasses.replace(reading, device_id=f"{reading.device_id}@{self.handle(entry)}")
         body = reading_json(reading)
         if entry is not None and (entry.device is None or reading.device_id == entry.device.device_id):
             entry.last_readings[reading.sensor] = body

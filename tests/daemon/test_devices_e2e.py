@@ -15,7 +15,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon import app as app_mod, config as config_mod
+from daemon import app as app_mod
+from daemon import config as config_mod
 from daemon.mosquitto import MosquittoProcess, free_port
 from daemon.sdnotify import Notifier
 from tests.drivers.test_mycobrain import SpecBoard
@@ -71,7 +72,7 @@ async def _collect(client: aiomqtt.Client, predicate: Any, timeout: float = 10.0
 async def test_board_telemetry_commands_state_and_discovery(
     node: tuple[Node, SpecBoard], mosquitto: MosquittoProcess
 ) -> None:
-    daemon, board = node
+    _daemon, board = node
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agent",
                               protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(f"{BASE}/devices/{BOARD}/#", qos=1)
@@ -124,7 +125,7 @@ async def test_board_telemetry_commands_state_and_discovery(
 
 
 async def test_http_device_routes_and_metrics(node: tuple[Node, SpecBoard]) -> None:
-    daemon, board = node
+    daemon, _board = node
     async with aiohttp.ClientSession(headers=daemon.headers) as session:
         for _ in range(200):
             async with session.get(daemon.url + "/v1/devices") as resp:
