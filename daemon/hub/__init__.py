@@ -112,8 +112,12 @@ class Hub:
         self.anomaly = anomaly or AnomalyScorer()
         self.audit_messages = audit_messages
         self.rules: dict[str, Rule] = {}
+        self._rule_scopes: frozenset[str] = frozenset()
         self._sweep_s = sweep_interval_s
         self._audit_queue: asyncio.Queue[tuple[str, str, str, Mapping[str, Any]]] = asyncio.Queue()
+        self._audit_pending = 0
+        self._audit_done = asyncio.Event()
+        self._audit_done.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[Any]] = set()
         self._open = False
@@ -129,6 +133,7 @@ class Hub:
         metrics = metrics if metrics is not None else CollectorRegistry()
         self._m_messages = Counter("mycoedge_hub_messages", "Messages routed by outcome", ["outcome"],
                                    registry=metrics)
+        self._m_outcome = {o: self._m_messages.labels(outcome=o) for o in ("delivered", "queued")}
         self._m_decisions = Counter("mycoedge_hub_policy_decisions", "Authorisation decisions by effect",
                                     ["effect"], registry=metrics)
         Gauge("mycoedge_hub_dead_letters", "Messages dead-lettered after their TTL",
@@ -206,6 +211,8 @@ class Hub:
     def audit(self, kind: str, actor: str, subject: str, data: Mapping[str, Any]) -> None:
         """Queue an audit record; the writer appends them to the store's hash-chained audit trail."""
         self._audit_queue.put_nowait((kind, actor, subject, dict(data)))
+        self._audit_pending += 1
+        self._audit_done.clear()
 
     async def _audit_writer(self) -> None:
         while True:
@@ -223,6 +230,9 @@ class Hub:
         for rec, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("audit record %s lost: %s", rec[0], result)
+        self._audit_pending -= len(batch)
+        if self._audit_pending <= 0:
+            self._audit_done.set()
 
     async def _flush_audit(self) -> None:
         while not self._audit_queue.empty():
@@ -230,8 +240,7 @@ class Hub:
 
     async def audit_idle(self) -> None:
         """Wait until every queued audit record is written (tests, shutdown)."""
-        await asyncio.sleep(0)
-        await self._flush_audit()
+        await self._audit_done.wait()
 
     # -- authorisation ----------------------------------------------------------------------------
 
@@ -266,7 +275,10 @@ class Hub:
             except GateRefused as exc:
                 self._deny(caller, operation, str(exc))
                 raise Forbidden(str(exc), needed_level=exc.needed, trust_level=exc.have) from None
-        decision = self.decide(self.context(caller, scope=scope, operation=operation, resource=resource))
+        if self._rule_scopes.isdisjoint(("*", scope)):
+            decision = Decision("allow", None)  # no rule can match: skip building the context
+        else:
+            decision = self.decide(self.context(caller, scope=scope, operation=operation, resource=resource))
         self._m_decisions.labels(effect=decision.effect).inc()
         if audit_allow or not decision.allowed:
             self.audit("policy_decision", caller.id, operation, {**decision.to_json(), "scope": scope})
@@ -303,6 +315,7 @@ class Hub:
         rows = await self.db.read(lambda c: c.execute("SELECT id, body FROM policies").fetchall())
         for rule_id, body in rows:
             self.rules[rule_id] = Rule.from_json(json.loads(body), rule_id=rule_id)
+        self._rule_scopes = frozenset(r.scope for r in self.rules.values())
 
     async def put_rule(self, rule: Rule) -> bool:
         now = self.clock()
@@ -313,6 +326,7 @@ class Hub:
             " ON CONFLICT(id) DO UPDATE SET body = excluded.body, updated = excluded.updated",
             (rule.id, body, now, now)))
         self.rules[rule.id] = rule
+        self._rule_scopes = frozenset(r.scope for r in self.rules.values())
         self.audit("policy_change", "admin", rule.id, {"op": "put", "rule": rule.to_json()})
         return created
 
@@ -321,13 +335,14 @@ class Hub:
             raise NotFound(f"no policy {rule_id!r}")
         await self.db.write(lambda c: c.execute("DELETE FROM policies WHERE id = ?", (rule_id,)))
         del self.rules[rule_id]
+        self._rule_scopes = frozenset(r.scope for r in self.rules.values())
         self.audit("policy_change", "admin", rule_id, {"op": "delete"})
 
     # -- messages ---------------------------------------------------------------------------------
 
-    async def _publish(self, topic: str, payload: bytes) -> bool:
+    async def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
         assert self.broker is not None
-        return await self.broker.publish(topic, payload, qos=1)
+        return await self.broker.publish(topic, payload, qos=qos)
 
     async def _check_message(self, envelope: Envelope) -> None:
         agent = self.registry.get(envelope.sender)
@@ -347,10 +362,10 @@ class Hub:
         self.audit("message_dead_letter", "hub", target, {"id": envelope.id, "from": envelope.sender,
                                                           "reason": reason})
 
-    async def send(self, envelope: Envelope) -> dict[str, str]:
-        outcomes = await self.router.send(envelope)
+    async def send(self, envelope: Envelope, *, qos: int = 1) -> dict[str, str]:
+        outcomes = await self.router.send(envelope, qos=qos)
         for outcome in outcomes.values():
-            self._m_messages.labels(outcome=outcome).inc()
+            self._m_outcome[outcome].inc()
         return outcomes
 
     async def _on_outbox(self, message: aiomqtt.Message) -> None:
@@ -367,7 +382,7 @@ class Hub:
                 self.audit("permission_denied", agent_id, "message.spoof", {"claimed": envelope.sender})
                 raise Forbidden(f"'from' must be {agent_id}")
             self.registry.seen(agent_id)
-            await self.send(envelope)
+            await self.send(envelope, qos=message.qos)
         except HubError as exc:
             self._m_messages.labels(outcome="refused").inc()
             ref = None

@@ -102,7 +102,7 @@ def encode(envelope: Envelope) -> bytes:
         raise EnvelopeError(f"body is not JSON-serialisable: {exc}") from None
 
 
-Publish = Callable[[str, bytes], Awaitable[bool]]
+Publish = Callable[[str, bytes, int], Awaitable[bool]]
 Check = Callable[[Envelope], Awaitable[None]]
 
 
@@ -152,8 +152,11 @@ class MessageRouter:
 
     # -- sending ----------------------------------------------------------------------------------
 
-    async def send(self, envelope: Envelope) -> dict[str, str]:
-        """Check and route one envelope from an authenticated sender; returns target -> outcome."""
+    async def send(self, envelope: Envelope, *, qos: int = 1) -> dict[str, str]:
+        """Check and route one envelope from an authenticated sender; returns target -> outcome.
+
+        Live delivery keeps the sender's QoS (at most 1); queued messages are always delivered at QoS 1.
+        """
         if envelope.type == "HEARTBEAT":
             self._registry.seen(envelope.sender)
             return {}
@@ -167,7 +170,7 @@ class MessageRouter:
         outcomes: dict[str, str] = {}
         for target in targets:
             outcomes[target] = await self._deliver(target, replace(envelope, to=target)
-                                                   if envelope.to == BROADCAST_TO else envelope)
+                                                   if envelope.to == BROADCAST_TO else envelope, qos=qos)
         return outcomes
 
     def _targets(self, envelope: Envelope) -> list[str]:
@@ -208,9 +211,10 @@ class MessageRouter:
     def forget(self, request_id: str) -> None:
         self._pending.pop(request_id, None)
 
-    async def _deliver(self, target: str, envelope: Envelope) -> str:
+    async def _deliver(self, target: str, envelope: Envelope, *, qos: int = 1) -> str:
         online = self._publish is not None and self._registry.mqtt_online(target)
-        if online and self._publish is not None and await self._publish(self.inbox_topic(target), encode(envelope)):
+        if online and self._publish is not None and await self._publish(
+                self.inbox_topic(target), encode(envelope), min(1, qos)):
             self.delivered += 1
             return "delivered"
         await self._enqueue(target, envelope)
@@ -264,7 +268,7 @@ class MessageRouter:
         while self._registry.mqtt_online(target):
             batch = await self.take(target, limit=200)
             for i, envelope in enumerate(batch):
-                if not await self._publish(self.inbox_topic(target), encode(envelope)):
+                if not await self._publish(self.inbox_topic(target), encode(envelope), 1):
                     for rest in batch[i:]:  # broker gone mid-flush: keep the rest for the next connect
                         await self._enqueue(target, rest)
                     return sent
