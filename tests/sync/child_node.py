@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
+import signal
+import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from daemon.store import Ed25519Signer, Store
 from daemon.store.blocklog import BlockInput
 from daemon.sync import SyncWorker
 
+ROOT = Path(__file__).resolve().parents[2]
 PLAIN_STREAMS = ("telemetry", "audit", "memory", "events")
 CHUNK = 25
 
@@ -77,6 +83,45 @@ async def main(db: Path, key: Path, url: str, per_stream: int) -> int:
             await asyncio.sleep(0.02)
     print("drained", flush=True)
     return 0
+
+
+def run_child(db: Path, key: Path, url: str, per_stream: int, *, kill_after: float | None,
+              timeout: float = 120.0) -> None:
+    """Start a node child; SIGKILL it ``kill_after`` seconds after "ready", or let it drain to the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.sync.child_node", str(db), str(key), url, str(per_stream)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        if kill_after is None:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0 or not out.endswith(b"drained\n"):
+                raise RuntimeError(f"child failed ({proc.returncode}): {err.decode(errors='replace')[-3000:]}")
+            return
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else b""
+        if line != b"ready\n":
+            raise RuntimeError(f"child did not start: {line!r}")
+        time.sleep(kill_after)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def block_ids(db: Path) -> list[str]:
+    """The node's MAIF block ids in chain order, read straight from its SQLite file."""
+    conn = sqlite3.connect(db)
+    try:
+        return [bytes(r[0]).hex() for r in conn.execute("SELECT block_id FROM blocks ORDER BY seq")]
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":
