@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from daemon.sync.errors import SyncSettingsError
 from daemon.sync.outbox import Outbox, OutboxStatsLike
@@ -86,6 +86,33 @@ class SpoolPolicy:
     def policy_for(self, stream: str) -> StreamPolicy:
         """Unknown streams are kept: dropping data nobody declared sheddable is never the safe default."""
         return self.streams.get(stream, StreamPolicy(Retention.KEEP))
+
+
+def with_overrides(
+    policy: SpoolPolicy,
+    *,
+    max_bytes: int | None = None,
+    max_age_s: Mapping[str, float] | None = None,
+    stream_max_bytes: Mapping[str, int] | None = None,
+) -> SpoolPolicy:
+    """``policy`` with flat settings from the config file applied (age/bytes only for sheddable streams).
+
+    Asking for an age or byte limit on a never-dropped stream is refused: that would silently change
+    the stated policy.
+    """
+    streams = dict(policy.streams)
+
+    def sheddable(name: str, key: str) -> StreamPolicy:
+        current = streams.get(name, policy.policy_for(name))
+        if current.retention is Retention.KEEP:
+            raise SyncSettingsError(f"spool.{name}.{key}: stream {name!r} is never dropped")
+        return current
+
+    for name, age in (max_age_s or {}).items():
+        streams[name] = replace(sheddable(name, "max_age_s"), max_age_s=float(age))
+    for name, cap in (stream_max_bytes or {}).items():
+        streams[name] = replace(sheddable(name, "max_bytes"), max_bytes=int(cap))
+    return replace(policy, max_bytes=policy.max_bytes if max_bytes is None else max_bytes, streams=streams)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,15 @@ from daemon.sync.errors import (
     UpstreamUnreachableError,
 )
 from daemon.sync.outbox import STREAMS, Outbox, OutboxStatsLike
-from daemon.sync.spool import DropReason, Enforcement, SpoolPolicy, SpoolState, assess, enforce
+from daemon.sync.spool import (
+    DropReason,
+    Enforcement,
+    SpoolPolicy,
+    SpoolState,
+    assess,
+    enforce,
+    with_overrides,
+)
 from daemon.sync.wire import IDEMPOTENCY_HEADER, INGEST_PATH, EncodedBatch, encode_batch, parse_retry_after
 
 if TYPE_CHECKING:
@@ -188,6 +196,9 @@ class SyncWorker:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
         spool: SpoolPolicy | None = None,
+        spool_max_bytes: int | None = None,
+        spool_max_age_s: Mapping[str, float] | None = None,
+        spool_stream_max_bytes: Mapping[str, int] | None = None,
         spool_check_interval_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
@@ -218,7 +229,8 @@ class SyncWorker:
         self._request_timeout_s = request_timeout_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
-        self._policy = spool or SpoolPolicy()
+        self._policy = with_overrides(spool or SpoolPolicy(), max_bytes=spool_max_bytes,
+                                      max_age_s=spool_max_age_s, stream_max_bytes=spool_stream_max_bytes)
         self._spool_check_interval_s = spool_check_interval_s
         self._clock = clock
         self._rand = rand

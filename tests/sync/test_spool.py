@@ -195,3 +195,20 @@ async def test_telemetry_older_than_its_age_limit_is_dropped_and_counted(
         result = await worker.enforce_spool()
     assert result.dropped == {("telemetry", DropReason.AGE): 10}
     assert result.stats["telemetry"].count == 5
+
+
+def test_flat_config_overrides_apply_to_sheddable_streams_only() -> None:
+    from daemon.sync.spool import with_overrides
+
+    policy = with_overrides(SpoolPolicy(), max_bytes=1000, max_age_s={"telemetry": 60.0},
+                            stream_max_bytes={"events": 500})
+    assert policy.max_bytes == 1000
+    assert policy.policy_for("telemetry").max_age_s == 60.0
+    assert policy.policy_for("events").max_bytes == 500
+    assert policy.policy_for("events").max_age_s == SpoolPolicy().policy_for("events").max_age_s
+    try:
+        with_overrides(SpoolPolicy(), max_age_s={"audit": 60.0})
+    except ValueError as exc:
+        assert "never dropped" in str(exc)
+    else:
+        raise AssertionError("an age limit on audit was accepted")
