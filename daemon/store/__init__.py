@@ -101,7 +101,7 @@ class Store:
         self.db.add_hooks(before_commit=self.blocks.flush, after_rollback=self.blocks.discard)
         self.db.add_hooks(before_commit=self._ckpt.before_commit, after_rollback=self._ckpt.after_rollback)
         self.audit = AuditLog(self.db, self._ckpt, clock)
-        self.outbox = Outbox(self.db, clock)
+        self.outbox = Outbox(self.db, clock, maif_append=self.blocks.append_outbox_records)
         self.memory = Memory(
             self.db, embedder=embedder, dim=embedding_dim, chunk_chars=chunk_chars, chunk_overlap=chunk_overlap,
             clock=clock,

@@ -409,6 +409,12 @@ class BlockLog:
 
         return await self._db.write(run, savepoint=False)
 
+    async def append_outbox_records(self, records: Sequence[tuple[str, bytes]]) -> list[BlockInfo]:
+        """Records appended to the ``maif`` outbox stream: stored as ``OUTB`` blocks, unencrypted."""
+        return await self.append_many(
+            [BlockInput("OUTB", payload, {"record_id": record_id}, encrypt=False) for record_id, payload in records]
+        )
+
     async def append_raw(self, items: Sequence[BlockInput], flags: Mapping[bytes, int]) -> list[BlockInfo]:
         """Append blocks exactly as given (already encrypted payloads keep their flag); used by import."""
         now_us = int(self._clock() * 1_000_000)
@@ -491,8 +497,9 @@ class BlockLog:
         """Recompute every chain hash and check every checkpoint signature; name the first bad block.
 
         Logs of at least ``parallel_from`` blocks are verified by ``workers`` processes (default: one
-        less than the CPU count, at most 4; on two cores one thread is faster), each walking one range; the ranges are then joined by checking
-        that each range's first ``prev_hash`` is the previous range's last computed chain hash.
+        less than the CPU count, at most 4; on two cores one thread is faster), each walking one range;
+        the ranges are joined by checking that each range's first ``prev_hash`` is the previous range's
+        last computed chain hash.
         """
         checkpoints, signers = await self._db.read(_load_checkpoints("maif"))
         total = await self.count()

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.store.errors import InvalidInputError
 
@@ -118,10 +119,25 @@ def block_record_size(seq: int, flags: int, ts_us: int, metadata_len: int, paylo
 
 # The same length as an SQL expression over a blocks row, for stats without rendering every block.
 _BLOCK_SIZE_SQL = (
+    "CASE WHEN fourcc = 'OUTB' THEN length(payload) ELSE "
     f"{_FIXED} + length(seq) + length(flags) + length(ts_us) + length(metadata) + 4 * ((length(payload) + 2) / 3)"
+    " END"
 )
+# Records appended to the maif stream with ``outbox_append`` become blocks of this type: they are
+# chained and signed like any block, and peeked back as the caller's own record id and payload.
+OUTBOX_FOURCC = "OUTB"
 _CURSOR_KEY = "outbox_cursor.maif"
 _BLOCK_ROW = "seq, block_id, fourcc, flags, ts_us, metadata, payload, prev_hash, chain_hash"
+
+
+def _outbox_block_record(row: Sequence[Any]) -> tuple[str, bytes]:
+    """Record id and payload of a block made by ``outbox_append("maif", ...)``."""
+    try:
+        meta = json.loads(row[5])
+        record_id = str(meta["record_id"]) if isinstance(meta, dict) and "record_id" in meta else bytes(row[1]).hex()
+    except (ValueError, TypeError):
+        record_id = bytes(row[1]).hex()
+    return record_id, bytes(row[6])
 
 
 def _maif_cursor(conn: sqlite3.Connection) -> int:
@@ -147,9 +163,16 @@ def _advance_maif_cursor(conn: sqlite3.Connection, new: int) -> int:
 class Outbox:
     """The async outbox API the uplink uses; all SQL runs on the store's threads."""
 
-    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float],
+        *,
+        maif_append: Callable[[Sequence[tuple[str, bytes]]], Awaitable[object]] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._maif_append = maif_append
 
     async def outbox_append(self, stream: str, records: Sequence[tuple[str, bytes]]) -> None:
         """Append records in order; durable when this returns."""
@@ -157,6 +180,11 @@ class Outbox:
         if not records:
             return
         rows = [(str(rid), bytes(payload)) for rid, payload in records]
+        if stream == "maif":
+            if self._maif_append is None:
+                raise InvalidInputError("this outbox has no block log behind its maif stream")
+            await self._maif_append(rows)
+            return
         created = self._clock()
 
         def run(conn: sqlite3.Connection) -> None:
@@ -181,11 +209,14 @@ class Outbox:
                     f"SELECT {_BLOCK_ROW} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (_maif_cursor(conn), limit)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 )
                 for row in rows:
-                    payload = block_record_payload(*row)
+                    if row[2] == OUTBOX_FOURCC:
+                        record_id, payload = _outbox_block_record(row)
+                    else:
+                        record_id, payload = bytes(row[1]).hex(), block_record_payload(*row)
                     if out and total + len(payload) > max_bytes:
                         break
                     total += len(payload)
-                    out.append(OutboxRecord(int(row[0]), stream, bytes(row[1]).hex(), payload, row[4] / 1_000_000))
+                    out.append(OutboxRecord(int(row[0]), stream, record_id, payload, row[4] / 1_000_000))
                 return out
             for seq, record_id, payload, created, nbytes in conn.execute(
                 "SELECT seq, record_id, payload, created, nbytes FROM outbox WHERE stream = ? ORDER BY seq LIMIT ?",

@@ -101,3 +101,14 @@ async def test_maif_stream_is_the_block_log_after_a_cursor(store: Store) -> None
     assert stats["maif"].bytes == sum(len(r.payload) for r in rest)
     assert await store.blocks.count() == 6  # acknowledging never deletes blocks
     assert (await store.verify_blocks()).ok
+
+
+async def test_records_appended_to_the_maif_stream_become_chained_blocks(store: Store) -> None:
+    info = await store.append_block("TEXT", b"a block")
+    await store.outbox_append("maif", [("rec-1", b"raw one"), ("rec-2", b"raw two")])
+    peeked = await store.outbox_peek("maif", limit=10, max_bytes=10**6)
+    assert [r.record_id for r in peeked] == [info.block_id.hex(), "rec-1", "rec-2"]
+    assert [r.payload for r in peeked[1:]] == [b"raw one", b"raw two"]
+    assert (await store.outbox_stats())["maif"].bytes == sum(len(r.payload) for r in peeked)
+    assert [b.fourcc for b in await store.blocks.list_blocks()] == ["TEXT", "OUTB", "OUTB"]
+    assert (await store.verify_blocks()).ok
