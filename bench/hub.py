@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -91,8 +94,7 @@ async def stream(sender: aiomqtt.Client, receiver: aiomqtt.Client, send_topic: s
     return latencies, len(latencies) / elapsed
 
 
-async def main(args: argparse.Namespace) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+def broker_setup(tmp: Path) -> tuple[MosquittoProcess, MosquittoFiles]:
     holder: dict[str, MosquittoProcess] = {}
     files = MosquittoFiles(password_file=tmp / "passwd", acl_file=tmp / "acl", pid=lambda: holder["b"].pid,
                            service_users={SVC: SVC_PW, "direct-a": SVC_PW, "direct-b": SVC_PW})
@@ -102,159 +104,206 @@ async def main(args: argparse.Namespace) -> None:
         f"password_file {files.password_file}\nacl_file {files.acl_file}\nuse_username_as_clientid true\n"
         "max_queued_messages 100000\n"))
     holder["b"] = broker
+    return broker, files
+
+
+async def serve(tmp: Path, port: int, broker_pid: int, agents: int) -> None:
+    """The hub as its own process (as in the daemon): registers the bench agents, then routes until stdin ends."""
+    files = MosquittoFiles(password_file=tmp / "passwd", acl_file=tmp / "acl", pid=lambda: broker_pid,
+                           service_users={SVC: SVC_PW, "direct-a": SVC_PW, "direct-b": SVC_PW})
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(tmp / "store.db", signer=Ed25519Signer.generate(),
+                                                      embedding_dim=4, ttl_sweep_s=0, integrity_check="off"))
+        link = BrokerLink(host="127.0.0.1", port=port, client_id=SVC, status_topic=f"{BASE}/status",
+                          username=SVC, password=SVC_PW, registry=CollectorRegistry())
+        hub = Hub(store=store, broker=link, state_dir=tmp / "state", topic_base=BASE, mosquitto_files=files,
+                  agent_rate_per_s=1e6, agent_burst=1e6)
+        await stack.enter_async_context(link)
+        await stack.enter_async_context(hub)
+        await link.connected.wait()
+        creds = {}
+        for name in ["a", "b", *(f"c{i}" for i in range(agents))]:
+            reg = await hub.register({"id": name, "type": "HUMAN", "owner": "bench"}, privileged=True, actor="bench")
+            creds[name] = reg["credentials"]["mqtt"]
+        (tmp / "creds.json").write_text(json.dumps(creds))
+        print("READY", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+        print(json.dumps({"delivered": hub.router.delivered, "queued": hub.router.queued}), flush=True)
+
+
+async def messaging(args: argparse.Namespace, tmp: Path, port: int, creds: dict[str, Any],
+                    online: Any) -> None:
+    a = client(port, creds["a"]["username"], creds["a"]["password"])
+    b = client(port, creds["b"]["username"], creds["b"]["password"])
+    sa = client(port, "direct-a", SVC_PW)
+    sb = client(port, "direct-b", SVC_PW)
+    for c in (a, b, sa, sb):
+        await connect(c)
+    await b.subscribe(f"{BASE}/agents/b/inbox", qos=0)
+    await b.publish(f"{BASE}/agents/b/status", "online", qos=1, retain=True)
+    await sb.subscribe("bench/direct", qos=0)
+    await online()
+
+    def via_hub(i: int, t: float) -> bytes:
+        return json.dumps({"id": f"m{i}-{t}", "from": "a", "to": "b", "type": "EVENT", "ts": t,
+                           "body": {"t": t}}).encode()
+
+    def direct(i: int, t: float) -> bytes:
+        return json.dumps({"id": f"m{i}", "t": t}).encode()
+
+    count = int(args.rate * args.duration)
+    d_lat, _ = await stream(sa, sb, "bench/direct", direct, count=count, rate=args.rate)
+    h_lat, _ = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=count, rate=args.rate)
+    _, d_peak = await stream(sa, sb, "bench/direct", direct, count=args.burst, rate=None)
+    _, h_peak = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=args.burst, rate=None)
+    print(f"latency @ {args.rate:g} msg/s, {count} msgs (hub in its own process, clients in this one):")
+    print(f"  direct agent->agent   p50 {pct(d_lat, .5)*1e3:7.3f} ms  p99 {pct(d_lat, .99)*1e3:7.3f} ms"
+          f"  (received {len(d_lat)})")
+    print(f"  agent->hub->agent     p50 {pct(h_lat, .5)*1e3:7.3f} ms  p99 {pct(h_lat, .99)*1e3:7.3f} ms"
+          f"  (received {len(h_lat)})   target p99 <= 5 ms")
+    print(f"peak throughput ({args.burst} msgs): direct {d_peak:9.0f} msg/s   hub {h_peak:9.0f} msg/s"
+          f"   ratio {h_peak / d_peak:.2f} (target >= 0.5)")
+
+    clients = []
+    for i in range(args.agents):
+        m = creds[f"c{i}"]
+        c = client(port, m["username"], m["password"])
+        await connect(c)
+        await c.subscribe(f"{BASE}/agents/c{i}/inbox", qos=0)
+        await c.publish(f"{BASE}/agents/c{i}/status", "online", qos=1, retain=True)
+        clients.append(c)
+    await asyncio.sleep(0.5)
+    per_agent = max(1, int(args.duration * 10))
+    lat: list[float] = []
+    expected = args.agents * per_agent
+
+    async def recv(c: aiomqtt.Client) -> None:
+        async for message in c.messages:
+            lat.append(time.perf_counter() - json.loads(message.payload)["body"]["t"])  # type: ignore[arg-type]
+
+    receivers = [asyncio.create_task(recv(c)) for c in clients]
+
+    async def send(i: int, c: aiomqtt.Client) -> None:
+        for k in range(per_agent):
+            t = time.perf_counter()
+            await c.publish(f"{BASE}/agents/c{i}/outbox", json.dumps({
+                "id": f"c{i}-{k}", "from": f"c{i}", "to": f"c{(i + 1) % args.agents}", "type": "EVENT",
+                "ts": t, "body": {"t": t}}), qos=0)
+            await asyncio.sleep(0.1)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(send(i, c) for i, c in enumerate(clients)))
+    deadline = time.perf_counter() + 10
+    while len(lat) < expected and time.perf_counter() < deadline:  # noqa: ASYNC110 - bounded wait for stragglers
+        await asyncio.sleep(0.05)
+    for task in receivers:
+        task.cancel()
+    await asyncio.gather(*receivers, return_exceptions=True)
+    print(f"{args.agents} concurrent agents, {expected} msgs ({1 / 0.1:g} msg/s each) in "
+          f"{time.perf_counter() - t0:.1f} s: delivered {len(lat)}  p50 {pct(lat, .5)*1e3:.3f} ms  "
+          f"p99 {pct(lat, .99)*1e3:.3f} ms")
+    for c in [*clients, a, b, sa, sb]:
+        await c.__aexit__(None, None, None)
+
+
+async def in_process(args: argparse.Namespace, tmp: Path) -> None:
+    """Handoffs, registry and pool queries against a hub without a broker (hub + SQLite cost only)."""
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(tmp / "store2.db", signer=Ed25519Signer.generate(),
+                                                      embedding_dim=4, ttl_sweep_s=0, integrity_check="off"))
+        hub = await stack.enter_async_context(Hub(store=store, broker=None, state_dir=tmp / "state2",
+                                                  topic_base=BASE))
+        regs = {n: await hub.register({"id": n, "type": "HUMAN", "owner": "bench"}, privileged=True, actor="bench")
+                for n in ("a", "b")}
+        ho = []
+        for _ in range(args.handoffs):
+            t0 = time.perf_counter()
+            h, _ = await hub.handoffs.initiate(initiator="a", target="b", context={"task": "t"})
+            await hub.handoffs.transition(h.id, "accept", actor="b")
+            ho.append(time.perf_counter() - t0)
+        print(f"handoff initiate->accept ({args.handoffs}, 2 durable commits): p50 {pct(ho, .5)*1e3:.3f} ms  "
+              f"p95 {pct(ho, .95)*1e3:.3f} ms   target p95 <= 10 ms")
+        token = regs["a"]["credentials"]["api_token"]
+        n = 100_000
+        t0 = time.perf_counter()
+        for _ in range(n):
+            hub.registry.get("a")
+        by_id = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            hub.registry.by_token(token)
+        by_tok = (time.perf_counter() - t0) / n
+        resolver = hub.token_resolver
+        t0 = time.perf_counter()
+        for _ in range(n // 10):
+            await resolver.resolve(token)
+        resolve = (time.perf_counter() - t0) / (n // 10)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            pass
+        empty = (time.perf_counter() - t0) / n
+        print(f"registry lookup: by id {by_id*1e6:.3f} us, by token {by_tok*1e6:.3f} us, token->principal "
+              f"{resolve*1e6:.3f} us (empty loop {empty*1e6:.3f} us)   target <= 50 us")
+        admin = Caller("admin", True, 5, frozenset(), None)
+        pool = await hub.pools.create(admin, name="bench", scope="GLOBAL")
+        await hub.pools.join(admin, pool.id, agent_id="b", permission="READ")
+        words = ["spore", "mycelium", "humidity", "substrate", "fruiting", "oyster", "shiitake", "agar"]
+        t0 = time.perf_counter()
+        batch = 2000
+        for start in range(0, args.items, batch):
+            await asyncio.gather(*(store.memory.create(
+                owner_type="agent", owner_id="a", pool=pool.id, scope="TEAM", visibility="pool",
+                content=f"{words[i % 8]} note {i} {words[(i * 7) % 8]}")
+                for i in range(start, min(args.items, start + batch))))
+        fill = time.perf_counter() - t0
+        reader = Caller("b", False, 5, hub.registry.require("b").capabilities, hub.registry.require("b"))
+        hub.anomaly.threshold = 2.0  # the bench queries far faster than any agent should
+        q = []
+        raw = []
+        for i in range(args.queries):
+            t0 = time.perf_counter()
+            await hub.pools.query(reader, pool_id=pool.id, text=f"{words[i % 8]} {i}", up_to_scope="GLOBAL",
+                                  limit=10)
+            q.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await store.memory.search(text=f"{words[i % 8]} {i}", limit=10)
+            raw.append(time.perf_counter() - t0)
+        print(f"pool query over {args.items} items (filled in {fill:.1f} s): p50 {pct(q, .5)*1e3:.3f} ms  "
+              f"p95 {pct(q, .95)*1e3:.3f} ms   (store search alone p95 {pct(raw, .95)*1e3:.3f} ms)"
+              f"   target p95 <= 5 ms at 100k")
+
+
+async def main(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    broker, _files = broker_setup(tmp)
     broker.start()
+    child: subprocess.Popen[str] | None = None
     try:
-        async with AsyncExitStack() as stack:
-            store = await stack.enter_async_context(Store(tmp / "store.db", signer=Ed25519Signer.generate(),
-                                                          embedding_dim=4, ttl_sweep_s=0, integrity_check="off"))
-            link = BrokerLink(host="127.0.0.1", port=broker.port, client_id="node", status_topic=f"{BASE}/status",
-                              username=SVC, password=SVC_PW, registry=CollectorRegistry())
-            hub = Hub(store=store, broker=link, state_dir=tmp / "state", topic_base=BASE, mosquitto_files=files,
-                      agent_rate_per_s=1e6, agent_burst=1e6)
-            await stack.enter_async_context(link)
-            await stack.enter_async_context(hub)
-            await link.connected.wait()
-            regs = {}
-            for name in ("a", "b"):
-                regs[name] = await hub.register({"id": name, "type": "HUMAN", "owner": "bench"}, privileged=True,
-                                                actor="bench")
-            mq = {n: r["credentials"]["mqtt"] for n, r in regs.items()}
-            a = client(broker.port, mq["a"]["username"], mq["a"]["password"])
-            b = client(broker.port, mq["b"]["username"], mq["b"]["password"])
-            await connect(a)
-            await connect(b)
-            # The direct path: two full-access identities talking on one topic through the same broker.
-            sa = client(broker.port, "direct-a", SVC_PW)
-            sb = client(broker.port, "direct-b", SVC_PW)
-            await connect(sa)
-            await connect(sb)
-            await b.subscribe(f"{BASE}/agents/b/inbox", qos=0)
-            await b.publish(f"{BASE}/agents/b/status", "online", qos=1, retain=True)
-            await sb.subscribe("bench/direct", qos=0)
-            while not hub.registry.mqtt_online("b"):  # noqa: ASYNC110 - bounded poll of hub state with no event
-                await asyncio.sleep(0.01)
+        assert broker.pid is not None
+        child = subprocess.Popen(
+            [sys.executable, *(os.environ["HUB_BENCH_CHILD"].split() if os.environ.get("HUB_BENCH_CHILD")
+                               else ["-m", "bench.hub"]), "--serve", str(tmp), "--port", str(broker.port),
+             "--broker-pid", str(broker.pid), "--agents", str(args.agents)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdin is not None
+        line = await asyncio.to_thread(child.stdout.readline)
+        if line.strip() != "READY":
+            raise RuntimeError(f"hub process did not start: {line!r}")
+        creds = json.loads((tmp / "creds.json").read_text())
 
-            def via_hub(i: int, t: float) -> bytes:
-                return json.dumps({"id": f"m{i}-{t}", "from": "a", "to": "b", "type": "EVENT", "ts": t,
-                                   "body": {"t": t}}).encode()
+        async def online() -> None:
+            await asyncio.sleep(0.5)  # the hub sees b's retained "online" status
 
-            def direct(i: int, t: float) -> bytes:
-                return json.dumps({"id": f"m{i}", "t": t}).encode()
-
-            count = int(args.rate * args.duration)
-            d_lat, _ = await stream(sa, sb, "bench/direct", direct, count=count, rate=args.rate)
-            h_lat, _ = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=count, rate=args.rate)
-            _, d_peak = await stream(sa, sb, "bench/direct", direct, count=args.burst, rate=None)
-            _, h_peak = await stream(a, b, f"{BASE}/agents/a/outbox", via_hub, count=args.burst, rate=None)
-            print(f"latency @ {args.rate:g} msg/s, {count} msgs:")
-            print(f"  direct agent->agent   p50 {pct(d_lat, .5)*1e3:7.3f} ms  p99 {pct(d_lat, .99)*1e3:7.3f} ms"
-                  f"  (received {len(d_lat)})")
-            print(f"  agent->hub->agent     p50 {pct(h_lat, .5)*1e3:7.3f} ms  p99 {pct(h_lat, .99)*1e3:7.3f} ms"
-                  f"  (received {len(h_lat)})   target p99 <= 5 ms")
-            print(f"peak throughput ({args.burst} msgs): direct {d_peak:9.0f} msg/s   hub {h_peak:9.0f} msg/s"
-                  f"   ratio {h_peak / d_peak:.2f} (target >= 0.5)")
-
-            # handoff initiate -> accept
-            ho = []
-            for _ in range(args.handoffs):
-                t0 = time.perf_counter()
-                h, _ = await hub.handoffs.initiate(initiator="a", target="b", context={"task": "t"})
-                await hub.handoffs.transition(h.id, "accept", actor="b")
-                ho.append(time.perf_counter() - t0)
-            print(f"handoff initiate->accept ({args.handoffs}): p50 {pct(ho, .5)*1e3:.3f} ms  "
-                  f"p95 {pct(ho, .95)*1e3:.3f} ms   target p95 <= 10 ms")
-
-            # registry lookup
-            token = regs["a"]["credentials"]["api_token"]
-            n = 100_000
-            t0 = time.perf_counter()
-            for _ in range(n):
-                hub.registry.get("a")
-            by_id = (time.perf_counter() - t0) / n
-            t0 = time.perf_counter()
-            for _ in range(n):
-                hub.registry.by_token(token)
-            by_tok = (time.perf_counter() - t0) / n
-            t0 = time.perf_counter()
-            for _ in range(n):
-                pass
-            empty = (time.perf_counter() - t0) / n
-            print(f"registry lookup: by id {by_id*1e6:.3f} us, by token {by_tok*1e6:.3f} us"
-                  f" (empty loop {empty*1e6:.3f} us)   target <= 50 us")
-
-            # pool query at N items
-            admin = Caller("admin", True, 5, frozenset(), None)
-            pool = await hub.pools.create(admin, name="bench", scope="GLOBAL")
-            await hub.pools.join(admin, pool.id, agent_id="b", permission="READ")
-            hub.trust.grant("b", 5, expires_at=None, basis="bench")
-            words = ["spore", "mycelium", "humidity", "substrate", "fruiting", "oyster", "shiitake", "agar"]
-            t0 = time.perf_counter()
-            batch = 2000
-            for start in range(0, args.items, batch):
-                await asyncio.gather(*(store.memory.create(
-                    owner_type="agent", owner_id="a", pool=pool.id, scope="TEAM", visibility="pool",
-                    content=f"{words[i % 8]} note {i} {words[(i * 7) % 8]}") for i in range(start, min(args.items,
-                                                                                                     start + batch))))
-            fill = time.perf_counter() - t0
-            reader = Caller("b", False, 5, hub.registry.require("b").capabilities, hub.registry.require("b"))
-            hub.anomaly.threshold = 2.0  # the bench queries far faster than any agent should
-            q = []
-            for i in range(args.queries):
-                t0 = time.perf_counter()
-                await hub.pools.query(reader, pool_id=pool.id, text=f"{words[i % 8]} note", up_to_scope="GLOBAL",
-                                      limit=10)
-                q.append(time.perf_counter() - t0)
-            print(f"pool query over {args.items} items (filled in {fill:.1f} s): p50 {pct(q, .5)*1e3:.3f} ms  "
-                  f"p95 {pct(q, .95)*1e3:.3f} ms   target p95 <= 5 ms at 100k")
-
-            # N concurrent agents
-            agents = []
-            for i in range(args.agents):
-                r = await hub.register({"id": f"c{i}", "type": "GPT_AGENT", "owner": "bench"}, privileged=True,
-                                       actor="bench")
-                agents.append(r)
-            clients = []
-            for i, r in enumerate(agents):
-                m = r["credentials"]["mqtt"]
-                c = client(broker.port, m["username"], m["password"])
-                await connect(c)
-                await c.subscribe(f"{BASE}/agents/c{i}/inbox", qos=0)
-                await c.publish(f"{BASE}/agents/c{i}/status", "online", qos=1, retain=True)
-                clients.append(c)
-            while sum(hub.registry.mqtt_online(f"c{i}") for i in range(args.agents)) < args.agents:  # noqa: ASYNC110 - bounded poll of hub state with no event
-                await asyncio.sleep(0.02)
-            per_agent = max(1, int(args.duration * 10))
-            lat: list[float] = []
-            expected = args.agents * per_agent
-
-            async def recv(c: aiomqtt.Client) -> None:
-                async for message in c.messages:
-                    lat.append(time.perf_counter() - json.loads(message.payload)["body"]["t"])
-                    if len(lat) >= expected:
-                        return
-
-            receivers = [asyncio.create_task(recv(c)) for c in clients]
-
-            async def send(i: int, c: aiomqtt.Client) -> None:
-                for k in range(per_agent):
-                    t = time.perf_counter()
-                    await c.publish(f"{BASE}/agents/c{i}/outbox", json.dumps({
-                        "id": f"c{i}-{k}", "from": f"c{i}", "to": f"c{(i + 1) % args.agents}", "type": "EVENT",
-                        "ts": t, "body": {"t": t}}), qos=0)
-                    await asyncio.sleep(0.1)
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(send(i, c) for i, c in enumerate(clients)))
-            deadline = time.perf_counter() + 10
-            while len(lat) < expected and time.perf_counter() < deadline:  # noqa: ASYNC110 - bounded poll of hub state with no event
-                await asyncio.sleep(0.05)
-            for task in receivers:
-                task.cancel()
-            print(f"{args.agents} concurrent agents, {expected} msgs in {time.perf_counter() - t0:.1f} s: delivered "
-                  f"{len(lat)}  p50 {pct(lat, .5)*1e3:.3f} ms  p99 {pct(lat, .99)*1e3:.3f} ms")
-            for c in [*clients, a, b, sa, sb]:
-                await c.__aexit__(None, None, None)
+        await asyncio.sleep(0.5)  # mosquitto re-reads the password file after the SIGHUP
+        await messaging(args, tmp, broker.port, creds, online)
+        child.stdin.close()
+        print("hub process counters:", (await asyncio.to_thread(child.stdout.readline)).strip())
+        child.wait(timeout=10)
+        await in_process(args, tmp)
     finally:
+        if child is not None and child.poll() is None:
+            child.terminate()
+            child.wait(timeout=10)
         broker.stop()
 
 
@@ -267,4 +316,11 @@ if __name__ == "__main__":
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--agents", type=int, default=100)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--broker-pid", type=int, help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.serve:
+        asyncio.run(serve(parsed.serve, parsed.port, parsed.broker_pid, parsed.agents))
+    else:
+        asyncio.run(main(parsed))
