@@ -30,6 +30,8 @@ from daemon.openapi import Routes
 from daemon.sdnotify import Notifier
 from daemon.store import Ed25519Signer, Store
 from daemon.store.signing import load_encryption_key, write_secret_file
+from drivers.announce import AnnounceError, NodeAnnouncer
+from drivers.hotplug import HotplugSource, PyudevSource
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class Node:
     api: ApiServer | None = None
     store: Store | None = None
     fleet: DeviceFleet | None = None
+    hotplug: HotplugSource | None = None
+    trust_label: str = "software"
+    announcer: NodeAnnouncer | None = None
     started_at: float = field(default_factory=time.monotonic)
     status_parts: list[Callable[[], str]] = field(default_factory=list)
     liveness_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -79,8 +84,17 @@ class Node:
         return "; ".join(part() for part in self.status_parts)
 
 
-async def run(config: Config, *, stop: asyncio.Event | None = None, notifier: Notifier | None = None) -> int:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT); returns the process exit code."""
+async def run(
+    config: Config,
+    *,
+    stop: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
+    hotplug: HotplugSource | None = None,
+) -> int:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT); returns the process exit code.
+
+    ``hotplug`` replaces udev as the source of hot-plug events (tests feed a ``QueueSource``).
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier()
@@ -92,7 +106,8 @@ async def run(config: Config, *, stop: asyncio.Event | None = None, notifier: No
     Info("mycoedge_build", "Version of the running daemon", registry=registry).info(
         {"version": __version__, "node_id": config.node.id}
     )
-    node = Node(config=config, registry=registry, readiness=Readiness(), notifier=notifier, stop=stop)
+    node = Node(config=config, registry=registry, readiness=Readiness(), notifier=notifier, stop=stop,
+                hotplug=hotplug)
     try:
         async with AsyncExitStack() as stack:
             await _start(node, stack)
@@ -159,6 +174,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         registry=node.registry,
         ha_discovery=config.mqtt.ha_discovery,
         ha_prefix=config.mqtt.ha_prefix,
+        hotplug=node.hotplug or await _udev_source(config, stack),
     )
     await stack.enter_async_context(node.fleet)
     fleet = node.fleet
@@ -193,6 +209,39 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     )
     node.notifier.ready(node.status_line())
     log.info("ready: %s", node.status_line() or "no components")
+    if config.discovery.mdns:
+        # Registration takes about a second of mDNS probing (RFC 6762 §8.1): never on the way to READY.
+        stack.push_async_callback(_cancel, asyncio.create_task(_announce(node), name="mdns"))
+
+
+async def _udev_source(config: Config, stack: AsyncExitStack) -> HotplugSource | None:
+    if not config.discovery.hotplug or not config.devices:
+        return None
+    source = PyudevSource(coldplug=False)
+    try:
+        source.start()
+    except (OSError, ImportError) as exc:
+        log.warning("udev hot-plug unavailable (%s); devices reconnect on their own backoff", exc)
+        return None
+    stack.push_async_callback(source.aclose)
+    return source
+
+
+async def _announce(node: Node) -> None:
+    config = node.config
+    port = node.api.tcp_port if node.api is not None else None
+    if port is None:
+        return
+    interfaces = [i.strip() for i in config.discovery.mdns_interfaces.split(",") if i.strip()] or None
+    try:
+        async with NodeAnnouncer(node_id=config.node.id, version=__version__, api_port=port,
+                                 trust=node.trust_label, interfaces=interfaces) as announcer:
+            node.announcer = announcer
+            await node.stop.wait()
+    except AnnounceError as exc:
+        log.warning("mDNS announcement failed: %s", exc)
+    finally:
+        node.announcer = None
 
 
 def route_tables() -> list[Routes]:

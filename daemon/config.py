@@ -145,6 +145,17 @@ class TrustConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """mDNS announcement of the node and udev hot-plug of serial devices."""
+
+    mdns: bool = field(default=True, metadata=_doc("Announce the node as `_mycoedge._tcp.local.` (zeroconf)."))
+    mdns_interfaces: str = field(default="", metadata=_doc(
+        "Comma-separated IPv4 addresses to announce on; empty: every interface."))
+    hotplug: bool = field(default=True, metadata=_doc(
+        "Follow udev: a device's `add` wakes its backing-off link at once; unknown ports are probed read-only."))
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     """Logging to stderr (the journal under systemd)."""
 
@@ -164,6 +175,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -182,6 +194,7 @@ SECTIONS: dict[str, type[Any]] = {
     "store": StoreConfig,
     "sync": SyncConfig,
     "trust": TrustConfig,
+    "discovery": DiscoveryConfig,
     "logging": LoggingConfig,
 }
 LIST_SECTIONS: dict[str, type[Any]] = {"devices": DeviceConfig}

@@ -92,6 +92,8 @@ def main(args: argparse.Namespace) -> int:
         "node": {"id": "demo-node", "state_dir": str(workdir / "state"), "runtime_dir": str(workdir / "run")},
         "api": {"listen": f"127.0.0.1:{api_port}"},
         "mqtt": {"enabled": False},
+        # The demo is a local look at the product: announce on loopback, not to the whole LAN.
+        "discovery": {"mdns_interfaces": "127.0.0.1"},
     }
     with ExitStack() as children:
         devices = _start_boards(children, workdir / "dev", args.boards)

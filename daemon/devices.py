@@ -39,6 +39,7 @@ from drivers.bme688 import HeaterStep
 from drivers.bme688_bridge import Bme688Bridge
 from drivers.device import CommandResult, Device, DeviceEvent, DeviceListener, LinkState
 from drivers.errors import DeviceTimeoutError, DriverError, LinkError, NotReadyError
+from drivers.hotplug import HotplugEvent, HotplugSource, PortWatcher, ProbeResult
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings
 from drivers.lora_gateway import LoraGateway
 from drivers.model import Reading
@@ -155,9 +156,12 @@ class DeviceFleet:
         registry: CollectorRegistry | None = None,
         ha_discovery: bool = True,
         ha_prefix: str = "homeassistant",
+        hotplug: HotplugSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.entries = [_Entry(config=c) for c in configs]
+        self._hotplug = hotplug
+        self.unconfigured: dict[str, dict[str, Any]] = {}  # ports udev showed us that no [[devices]] names
         self._factories = factories
         self._topic_base = topic_base
         self._node_id = node_id
@@ -198,7 +202,24 @@ class DeviceFleet:
                 continue
             entry.device = factory(entry.config, _Listener(self, entry))
             await self._stack.enter_async_context(entry.device)
+        if self._hotplug is not None:
+            watcher = PortWatcher(self._hotplug, on_match=self._on_plugged, on_unknown=self._on_probed)
+            for entry in self.entries:
+                if entry.device is not None:
+                    watcher.watch(entry.config.port, entry.device.wake)
+            await self._stack.enter_async_context(watcher)
         return self
+
+    def _on_plugged(self, event: HotplugEvent, kinds: tuple[str, ...]) -> None:
+        """A known board appeared on a port no ``[[devices]]`` entry names: tell the operator how to add it."""
+        port = event.by_id[0] if event.by_id else event.devnode
+        self.unconfigured[port] = {"port": port, "kinds": list(kinds), "serial": event.serial}
+        log.info("unconfigured %s appeared on %s; add a [[devices]] entry to use it", "/".join(kinds), port)
+
+    def _on_probed(self, event: HotplugEvent, result: ProbeResult) -> None:
+        port = event.by_id[0] if event.by_id else event.devnode
+        self.unconfigured[port] = {"port": port, "probe": _jsonable(dataclasses.asdict(result))}
+        log.info("unknown serial port %s probed read-only: %s", port, result)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -535,7 +556,8 @@ def _fleet_entry(request: web.Request) -> tuple[DeviceFleet, _Entry]:
 async def list_devices(request: web.Request) -> web.Response:
     fleet = request.app[FLEET_KEY]
     return web.json_response({"devices": [fleet.describe(e) for e in fleet.entries],
-                              "remote": _jsonable(fleet.remote)})
+                              "remote": _jsonable(fleet.remote),
+                              "unconfigured": list(fleet.unconfigured.values())})
 
 
 @routes.get("/v1/devices/{id}", summary="One device: identity, last readings, link statistics", auth="agent",

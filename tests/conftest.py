@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from tests import hygiene
 
 hygiene.install()
+
+# Every daemon a test starts (as a child, or from the environment) announces itself over mDNS on loopback
+# only: tests never send traffic beyond 127.0.0.0/8.
+os.environ["MYCOEDGE_DISCOVERY_MDNS_INTERFACES"] = "127.0.0.1"
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)

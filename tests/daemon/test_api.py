@@ -31,6 +31,7 @@ async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
         "node": {"id": "api-test", "state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
         "api": {"listen": f"127.0.0.1:{port}"},
         "mqtt": {"enabled": False},
+        "discovery": {"mdns_interfaces": "127.0.0.1"},
     })
     stop = asyncio.Event()
     task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
@@ -107,6 +108,7 @@ async def test_readyz_names_the_component_that_is_not_ready(tmp_path: Path) -> N
         "node": {"id": "x", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
         "api": {"listen": f"127.0.0.1:{port}"},
         "mqtt": {"port": dead_broker, "reconnect_max_s": 0.2},
+        "discovery": {"mdns": False},
     })
     app_mod.READY_WAIT_FOR_BROKER_S = 0.1
     stop = asyncio.Event()
@@ -127,3 +129,32 @@ async def test_readyz_names_the_component_that_is_not_ready(tmp_path: Path) -> N
     finally:
         stop.set()
         await task
+
+
+async def test_the_node_is_announced_over_mdns_with_its_txt(node: RunningNode) -> None:
+    from zeroconf import ServiceStateChange
+    from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+    port = int(node.base.rsplit(":", 1)[1])
+    found: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_change(zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Added:
+            found.put_nowait(name)
+
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"])
+    browser = AsyncServiceBrowser(zc.zeroconf, "_mycoedge._tcp.local.", handlers=[on_change])
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                name = await found.get()
+                info = AsyncServiceInfo("_mycoedge._tcp.local.", name)
+                if await info.async_request(zc.zeroconf, 3000) and info.port == port:
+                    break
+        txt = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        assert txt["node_id"] == "api-test"
+        assert txt["api_port"] == str(port)
+        assert txt["trust"] and txt["version"]
+    finally:
+        await browser.async_cancel()
+        await zc.async_close()

@@ -40,6 +40,7 @@ async def node(tmp_path: Path, mosquitto: MosquittoProcess) -> AsyncIterator[tup
             "node": {"id": "e2e", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
             "api": {"listen": f"127.0.0.1:{port}"},
             "mqtt": {"port": mosquitto.port},
+            "discovery": {"mdns": False},
             "devices": [{"kind": "mycobrain", "port": board.path, "stream_rate_hz": 5.0, "name": "bench-board"}],
         })
         stop = asyncio.Event()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from daemon.config import DeviceConfig
 from daemon.devices import CommandPayloadError, DeviceFleet, parse_command
 from drivers.device import CommandResult, DeviceListener, LinkState
+from drivers.hotplug import QueueSource
 from drivers.model import Quantity, Reading
 
 
@@ -41,6 +42,7 @@ class BoardDevice:
         self.port = config.port
         self.listener = listener
         self._id = device_id
+        self.woken = 0
 
     @property
     def device_id(self) -> str | None:
@@ -57,7 +59,7 @@ class BoardDevice:
         return {"device_id": self._id}
 
     def wake(self) -> None:
-        return None
+        self.woken += 1
 
     async def command(self, name: str, params: Mapping[str, object], *, timeout: float | None = None) -> CommandResult:
         return CommandResult(ok=True, message=f"{name}_ok")
@@ -85,7 +87,7 @@ def _reading(device_id: str, seq: int) -> Reading:
     return Reading(device_id, "bme688_a", {"temperature_c": Quantity(20.0, "°C")}, ts=1.0, seq=seq)
 
 
-def _fleet(sink: Any, ids: dict[str, str]) -> tuple[DeviceFleet, dict[str, BoardDevice]]:
+def _fleet(sink: Any, ids: dict[str, str], hotplug: Any = None) -> tuple[DeviceFleet, dict[str, BoardDevice]]:
     made: dict[str, BoardDevice] = {}
 
     def factory(config: DeviceConfig, listener: DeviceListener) -> BoardDevice:
@@ -94,7 +96,7 @@ def _fleet(sink: Any, ids: dict[str, str]) -> tuple[DeviceFleet, dict[str, Board
 
     configs = [DeviceConfig(kind="mycobrain", port=p) for p in ids]
     fleet = DeviceFleet(configs, factories={"mycobrain": factory}, topic_base="t/n", node_id="n", broker=None,
-                        sink=sink)
+                        sink=sink, hotplug=hotplug)
     return fleet, made
 
 
@@ -138,3 +140,18 @@ async def test_devices_are_found_by_id_name_or_port() -> None:
 def test_malformed_commands_name_the_problem(payload: bytes) -> None:
     with pytest.raises(CommandPayloadError):
         parse_command(payload)
+
+
+async def test_hotplug_add_wakes_the_watched_link_and_reports_unconfigured_boards() -> None:
+    source = QueueSource()
+    fleet, made = _fleet(None, {"/dev/ttyACM0": "b"}, hotplug=source)
+    async with fleet:
+        source.add("/dev/ttyACM0", vid=0x303A, pid=0x1001)
+        source.add("/dev/ttyACM7", vid=0x303A, pid=0x1001, serial="34:85:18:00:00:07",
+                   by_id=("/dev/serial/by-id/usb-Espressif-if00",))
+        for _ in range(100):
+            if made["/dev/ttyACM0"].woken and fleet.unconfigured:
+                break
+            await asyncio.sleep(0.01)
+    assert made["/dev/ttyACM0"].woken == 1
+    assert fleet.unconfigured["/dev/serial/by-id/usb-Espressif-if00"]["kinds"] == ["mycobrain"]
