@@ -30,9 +30,9 @@ from daemon.api import Principal
 from daemon.hub.broker_auth import BrokerProvisioner, MosquittoFiles
 from daemon.hub.db import HubDatabase
 from daemon.hub.defences import AnomalyScorer, OutputLimits, RateLimiter
-from daemon.hub.errors import ApprovalRequired, Forbidden, HubError, InvalidRequest, NotFound
+from daemon.hub.errors import ApprovalRequired, Forbidden, HubError, InvalidRequest, NoResponse, NotFound
 from daemon.hub.handoff import Handoff, Handoffs
-from daemon.hub.messages import Envelope, MessageRouter, decode, encode, new_envelope
+from daemon.hub.messages import Envelope, MessageRouter, decode, encode, envelope_from_post, new_envelope
 from daemon.hub.policy import Decision, Rule, evaluate
 from daemon.hub.pools import Caller, Pools
 from daemon.hub.registry import Agent, Registry
@@ -493,6 +493,58 @@ class Hub:
             raise Forbidden(f"token subject {subject!r} is neither this agent nor its owner")
         self.trust.grant(agent.id, 2, expires_at=exp, basis="oauth")
         return self.trust.level(agent.id), exp
+
+    # -- operations shared by the HTTP routes and the MCP tools ------------------------------------
+
+    async def send_from(self, caller: Caller, body: Mapping[str, Any]) -> tuple[Envelope, dict[str, str],
+                                                                               Envelope | None]:
+        """Send ``body`` (an envelope without ``from``) as ``caller``; a REQUEST with ``wait_s`` waits for
+        its RESPONSE. Returns (envelope, outcomes, response)."""
+        if caller.admin:
+            raise Forbidden("messages are sent by agents; use an agent token")
+        wait_s = float(body.get("wait_s", 0) or 0)
+        envelope = envelope_from_post(body, caller.id, self.clock())
+        outcomes = await self.send(envelope)
+        if envelope.type != "REQUEST" or wait_s <= 0:
+            return envelope, outcomes, None
+        future = self.router.expect_response(envelope.id)
+        try:
+            async with asyncio.timeout(wait_s):
+                response = await future
+        except TimeoutError:
+            self.router.forget(envelope.id)
+            raise NoResponse(f"no RESPONSE to {envelope.id} within {wait_s:g} s") from None
+        return envelope, outcomes, response
+
+    async def initiate_handoff(self, caller: Caller, *, target: str, context: Mapping[str, Any],
+                               expires_in_s: float = 3600.0, handoff_id: str | None = None) -> tuple[Handoff, bool]:
+        if caller.admin:
+            raise Forbidden("handoffs are between agents; use an agent token")
+        found = self.registry.get(target)
+        if found is None:
+            raise NotFound(f"no agent {target!r}")
+        if "HANDOFF_RECEIVE" not in found.capabilities:
+            raise Forbidden(f"agent {found.id} cannot receive handoffs")
+        await self.authorize(caller, scope="handoff", operation="handoff.initiate", gate="handoff",
+                             capability="HANDOFF_INITIATE",
+                             resource={"handoff": {"target": found.id, "context": dict(context)}})
+        return await self.handoffs.initiate(initiator=caller.id, target=found.id, context=context,
+                                            expires_in_s=expires_in_s, handoff_id=handoff_id)
+
+    async def handoff_transition(self, caller: Caller, handoff_id: str, action: str, *,
+                                 result: Mapping[str, Any] | None = None,
+                                 reason: str | None = None) -> tuple[Handoff, bool]:
+        current = await self.handoffs.get(handoff_id)
+        if not caller.admin and caller.id not in (current.initiator, current.target):
+            raise NotFound(f"no handoff {handoff_id!r}")
+        # Accepting and completing are receiving work: the target needs HANDOFF_RECEIVE.
+        receive = action in ("accept", "complete") and caller.id == current.target
+        await self.authorize(caller, scope="handoff", operation=f"handoff.{action}", gate="handoff",
+                             capability="HANDOFF_RECEIVE" if receive else None,
+                             resource={"handoff": {"id": current.id, "initiator": current.initiator,
+                                                   "target": current.target, "state": current.state}})
+        return await self.handoffs.transition(current.id, action, actor=caller.id, admin=caller.admin,
+                                              result=result, reason=reason)
 
     # -- handoffs ---------------------------------------------------------------------------------
 

@@ -57,6 +57,13 @@ class RateLimited(HubError):
         self.retry_after_s = retry_after_s
 
 
+class NoResponse(HubError):
+    """A REQUEST sent with a wait got no RESPONSE in time."""
+
+    status = 504
+    kind = "no-response"
+
+
 class Rejected(HubError):
     """Input screening found an injection pattern."""
 

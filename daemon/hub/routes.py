@@ -6,7 +6,6 @@ callers are rate-limited per agent and per session (``X-Session-Id``) and marked
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from daemon.api import principal
 from daemon.hub.errors import Forbidden, HubError, NotFound, RateLimited
-from daemon.hub.messages import MAX_TTL_S, MESSAGE_TYPES, envelope_from_post
+from daemon.hub.messages import MAX_TTL_S, MESSAGE_TYPES
 from daemon.hub.policy import RULE_SCHEMA, Rule, matches
 from daemon.hub.pools import Caller
 from daemon.hub.registry import AGENT_TYPES, CAPABILITIES, SCOPES
@@ -234,20 +233,9 @@ def build_routes(hub: Hub) -> list[Routes]:
                            request=MESSAGE_SCHEMA, responses={200: OBJ, 202: OBJ, **ERRORS, 504: PROBLEM_SCHEMA}))
     async def post_message(request: web.Request) -> web.Response:
         c = caller(request)
-        if c.admin:
-            raise Forbidden("messages are sent by agents; use an agent token")
         body = await read_json(request)
-        wait_s = float(body.get("wait_s", 0))
-        envelope = envelope_from_post(body, c.id, hub.clock())
-        outcomes = await hub.send(envelope)
-        if envelope.type == "REQUEST" and wait_s > 0:
-            future = hub.router.expect_response(envelope.id)
-            try:
-                async with asyncio.timeout(wait_s):
-                    response = await future
-            except TimeoutError:
-                hub.router.forget(envelope.id)
-                raise Problem(504, f"no RESPONSE to {envelope.id} within {wait_s:g} s", kind="no-response") from None
+        envelope, outcomes, response = await hub.send_from(c, body)
+        if response is not None:
             return web.json_response({"id": envelope.id, "outcomes": outcomes, "response": response.to_json()})
         return web.json_response({"id": envelope.id, "outcomes": outcomes}, status=202)
 
@@ -264,21 +252,10 @@ def build_routes(hub: Hub) -> list[Routes]:
                            request=HANDOFF_SCHEMA, responses={200: OBJ, 201: OBJ, **ERRORS}))
     async def initiate_handoff(request: web.Request) -> web.Response:
         c = caller(request)
-        if c.admin:
-            raise Forbidden("handoffs are between agents; use an agent token")
         body = await read_json(request)
-        target = hub.registry.get(body["target"])
-        if target is None:
-            raise NotFound(f"no agent {body['target']!r}")
-        if "HANDOFF_RECEIVE" not in target.capabilities:
-            raise Forbidden(f"agent {target.id} cannot receive handoffs")
-        context = body.get("context", {})
-        await hub.authorize(c, scope="handoff", operation="handoff.initiate", gate="handoff",
-                            capability="HANDOFF_INITIATE", resource={"handoff": {"target": target.id,
-                                                                                 "context": context}})
-        handoff, created = await hub.handoffs.initiate(
-            initiator=c.id, target=target.id, context=context, expires_in_s=float(body.get("expires_in_s", 3600)),
-            handoff_id=body.get("id"))
+        handoff, created = await hub.initiate_handoff(
+            c, target=body["target"], context=body.get("context", {}),
+            expires_in_s=float(body.get("expires_in_s", 3600)), handoff_id=body.get("id"))
         return web.json_response(handoff.to_json(), status=201 if created else 200)
 
     @guarded(handoffs.get("/v1/handoffs/{id}", summary="One handoff", auth="agent", responses={200: OBJ, **ERRORS}))
@@ -289,30 +266,22 @@ def build_routes(hub: Hub) -> list[Routes]:
             raise NotFound(f"no handoff {handoff.id!r}")
         return web.json_response(handoff.to_json())
 
-    def transition(action: str, capability: str | None) -> Handler:
+    def transition(action: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
             c = caller(request)
             raw = await read_json(request) if request.can_read_body else {}
             body = raw if isinstance(raw, dict) else {}
-            current = await hub.handoffs.get(request.match_info["id"])
-            if not c.admin and c.id not in (current.initiator, current.target):
-                raise NotFound(f"no handoff {current.id!r}")
-            await hub.authorize(c, scope="handoff", operation=f"handoff.{action}", gate="handoff",
-                                capability=capability if c.id == current.target else None,
-                                resource={"handoff": {"id": current.id, "initiator": current.initiator,
-                                                      "target": current.target, "state": current.state}})
-            handoff, changed = await hub.handoffs.transition(current.id, action, actor=c.id, admin=c.admin,
-                                                             result=body.get("result"), reason=body.get("reason"))
+            handoff, changed = await hub.handoff_transition(c, request.match_info["id"], action,
+                                                            result=body.get("result"), reason=body.get("reason"))
             return web.json_response({**handoff.to_json(), "changed": changed})
 
         handler.__name__ = f"{action}_handoff"
         return handler
 
-    for action, cap in (("accept", "HANDOFF_RECEIVE"), ("complete", "HANDOFF_RECEIVE"), ("reject", None),
-                        ("cancel", None)):
+    for action in ("accept", "complete", "reject", "cancel"):
         guarded(handoffs.post(f"/v1/handoffs/{{id}}/{action}", summary=f"{action.capitalize()} a handoff",
                               auth="agent", request=TRANSITION_SCHEMA, responses={200: OBJ, **ERRORS}))(
-            transition(action, cap))
+            transition(action))
 
     # -- pools and memories -----------------------------------------------------------------------
 
