@@ -28,7 +28,7 @@ from pathlib import Path
 from daemon.store import Ed25519Signer, Store
 from daemon.store.blocklog import BlockInput
 from daemon.store.db import open_connection
-from daemon.store.memory import MemoryFilter
+from daemon.store.memory import MemoryFilter, MemoryItem
 
 PAYLOAD = 1024
 
@@ -197,25 +197,23 @@ WORDS = [
 
 
 async def _load_memories(store: Store, vectors: list[bytes]) -> None:
+    """Bulk load through the store's own chunk/index insert path, 5,000 items per transaction."""
     rnd = random.Random(3)
     now = time.time()
 
     def load(conn: sqlite3.Connection, start: int, part: list[bytes]) -> None:
         for offset, vec in enumerate(part):
             i = start + offset
-            mid = f"m{i}"
             text = " ".join(rnd.choice(WORDS) for _ in range(12)) + f" item{i}"
+            item = MemoryItem(f"m{i}", "agent", f"a{i % 10}", f"p{i % 4}", "AGENT_PRIVATE", "long_term", text, {},
+                              "private", None, None, now, now)
             conn.execute(
                 "INSERT INTO memories(id, owner_type, owner_id, pool, scope, type, content, metadata, visibility,"
-                " created, updated) VALUES (?, 'agent', ?, ?, 'AGENT_PRIVATE', 'long_term', ?, '{}', 'private', ?, ?)",
-                (mid, f"a{i % 10}", f"p{i % 4}", text, now, now),
+                " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
+                (item.id, item.owner_type, item.owner_id, item.pool, item.scope, item.type, text, item.visibility,
+                 now, now),
             )
-            cid = conn.execute("INSERT INTO chunks(memory_id, idx, text) VALUES (?, 0, ?)", (mid, text)).lastrowid
-            conn.execute(
-                "INSERT INTO chunk_vec(chunk_id, embedding, owner_type, owner_id, pool, scope, type, visibility,"
-                " expires_at) VALUES (?, ?, 'agent', ?, ?, 'AGENT_PRIVATE', 'long_term', 'private', 1e300)",
-                (cid, vec, f"a{i % 10}", f"p{i % 4}"),
-            )
+            store.memory._insert_chunks(conn, item, [text], [vec])
 
     for start in range(0, len(vectors), 5000):
         part = vectors[start : start + 5000]
@@ -227,19 +225,18 @@ def _load_part(load: Callable[[sqlite3.Connection, int, list[bytes]], None], con
     load(conn, start, part)
 
 
-def _exact_top10(probe: bytes, conn: sqlite3.Connection) -> list[str]:
+def _exact_top10(table: str, probe: bytes, conn: sqlite3.Connection) -> list[str]:
     return [
         str(r[0]) for r in conn.execute(
-            "SELECT c.memory_id FROM chunk_vec v JOIN chunks c ON c.id = v.chunk_id"
+            f"SELECT c.memory_id FROM {table} v JOIN chunks c ON c.id = v.chunk_id"
             " ORDER BY vec_distance_cosine(v.embedding, ?) LIMIT 10", (probe,)
         )
     ]
 
 
-async def bench_search(tmp: Path, n: int, dim: int, queries: int) -> None:
-    vectors = _clustered_vectors(n + queries, dim)
+async def bench_search(tmp: Path, n: int, dim: int, queries: int, *, index: str, vectors: list[bytes]) -> None:
     corpus, probes = vectors[:n], vectors[n:]
-    async with _store(tmp / "search.db", embedding_dim=dim) as store:
+    async with _store(tmp / f"search-{index}.db", embedding_dim=dim, vector_index=index) as store:
         t0 = time.perf_counter()
         await _load_memories(store, corpus)
         load_s = time.perf_counter() - t0
@@ -252,7 +249,7 @@ async def bench_search(tmp: Path, n: int, dim: int, queries: int) -> None:
             hits = await store.memory.search(vector=q, limit=10)
             lat.append((time.perf_counter() - t0) * 1000)
             t0 = time.perf_counter()
-            exact = await store.db.read(functools.partial(_exact_top10, probe))
+            exact = await store.db.read(functools.partial(_exact_top10, store.memory._float_table, probe))
             exact_lat.append((time.perf_counter() - t0) * 1000)
             recall.append(len({h.item.id for h in hits} & set(exact)) / 10)
         filtered: list[float] = []
@@ -273,10 +270,10 @@ async def bench_search(tmp: Path, n: int, dim: int, queries: int) -> None:
             t0 = time.perf_counter()
             await store.memory.search(text=text, limit=10)
             keyword.append((time.perf_counter() - t0) * 1000)
-    _line(f"vector top-10 p95 at {n:,} x {dim}", f"{_pct(lat, 95):.1f} ms", f"{_pct(exact_lat, 95):.1f} ms",
+    _line(f"vector top-10 p95 at {n:,} x {dim} [{index}]", f"{_pct(lat, 95):.1f} ms", f"{_pct(exact_lat, 95):.1f} ms",
           f"recall@10 {statistics.mean(recall):.3f}; baseline = exact SQL scan; load {load_s:.0f} s")
-    _line(f"  filtered (owner + pools) p95 at {n:,}", f"{_pct(filtered, 95):.1f} ms", "", "")
-    _line(f"hybrid (keyword + vector, RRF) p95 at {n:,}", f"{_pct(hybrid, 95):.1f} ms",
+    _line(f"  filtered (owner + pools) p95 at {n:,} [{index}]", f"{_pct(filtered, 95):.1f} ms", "", "")
+    _line(f"hybrid (keyword + vector, RRF) p95 at {n:,} [{index}]", f"{_pct(hybrid, 95):.1f} ms",
           f"{_pct(keyword, 95):.1f} ms", "baseline = keyword-only search")
 
 
@@ -288,6 +285,7 @@ async def main() -> None:
     parser.add_argument("--vectors", type=int, default=10_000, help="e.g. 100000 or 1000000 for the targets")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--vector-index", nargs="+", choices=["exact", "binary"], default=["exact", "binary"])
     parser.add_argument("--only", nargs="*", choices=["append", "latency", "verify", "search"])
     parser.add_argument("--dir", default=None, help="where to put the temporary databases")
     args = parser.parse_args()
@@ -304,7 +302,9 @@ async def main() -> None:
         if "verify" in only:
             await bench_verify(tmp, args.verify_blocks)
         if "search" in only:
-            await bench_search(tmp, args.vectors, args.dim, args.queries)
+            vectors = _clustered_vectors(args.vectors + args.queries, args.dim)
+            for index in args.vector_index:
+                await bench_search(tmp, args.vectors, args.dim, args.queries, index=index, vectors=vectors)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from daemon.store.audit import AuditLog, AuditRecord
 from daemon.store.blocklog import Block, BlockInfo, BlockInput, BlockLog, Checkpointer, VerifyReport
@@ -61,7 +61,8 @@ class Store:
 
     Settings (all keyword-only, defaults in brackets): ``signer`` (required), ``encryption_key`` [None]
     (32 bytes, or a path to a 0600 key file), ``encrypt_blocks`` [True when a key is given],
-    ``embedder`` [None = caller supplies vectors], ``embedding_dim`` [384], ``integrity_check``
+    ``embedder`` [None = caller supplies vectors], ``embedding_dim`` [384], ``vector_index`` ["exact" |
+    "binary": sign-bit candidates re-ranked exactly], ``binary_oversample`` [10], ``integrity_check``
     ["full" | "quick" | "off"], ``chunk_chars`` [1500], ``chunk_overlap`` [200], ``ttl_sweep_s`` [60],
     ``max_group`` [2048], ``clock`` [time.time].
     """
@@ -75,6 +76,8 @@ class Store:
         encrypt_blocks: bool | None = None,
         embedder: Embedder | None = None,
         embedding_dim: int = 384,
+        vector_index: Literal["exact", "binary"] = "exact",
+        binary_oversample: int = 10,
         integrity_check: IntegrityMode = "full",
         chunk_chars: int = 1500,
         chunk_overlap: int = 200,
@@ -104,7 +107,7 @@ class Store:
         self.outbox = Outbox(self.db, clock, maif_append=self.blocks.append_outbox_records)
         self.memory = Memory(
             self.db, embedder=embedder, dim=embedding_dim, chunk_chars=chunk_chars, chunk_overlap=chunk_overlap,
-            clock=clock,
+            clock=clock, vector_index=vector_index, binary_oversample=binary_oversample,
         )
         self._tasks: asyncio.TaskGroup | None = None
         self._sweeper: asyncio.Task[None] | None = None

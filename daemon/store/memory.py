@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from daemon.store.db import Database
 
 MemoryType = Literal["short_term", "long_term", "profile"]
+VectorIndex = Literal["exact", "binary"]
 MEMORY_TYPES = ("short_term", "long_term", "profile")
 SCOPES = ("AGENT_PRIVATE", "USER", "PROJECT", "TEAM", "GLOBAL")
 VISIBILITIES = ("private", "pool", "public")
@@ -170,7 +171,20 @@ class Memory:
         chunk_chars: int,
         chunk_overlap: int,
         clock: Callable[[], float],
+        vector_index: VectorIndex = "exact",
+        binary_oversample: int = 10,
     ) -> None:
+        if vector_index not in ("exact", "binary"):
+            raise InvalidInputError(f"vector_index must be 'exact' or 'binary', got {vector_index!r}")
+        if vector_index == "binary" and dim % 8:
+            raise InvalidInputError("vector_index 'binary' needs embedding_dim divisible by 8")
+        self.vector_index: VectorIndex = vector_index
+        self._oversample = max(1, binary_oversample)
+        # exact: one vec0 float table does KNN and holds the vectors. binary: a vec0 bit table (sign of
+        # each dimension) finds candidates by Hamming distance, a plain table holds the float vectors
+        # that re-rank them exactly.
+        self._knn_table = "chunk_vec" if vector_index == "exact" else "chunk_bits"
+        self._float_table = "chunk_vec" if vector_index == "exact" else "chunk_f32"
         if dim <= 0 or dim > 8192:
             raise InvalidInputError(f"embedding_dim must be 1..8192, got {dim}")
         if embedder is not None and embedder.dim != dim:
@@ -184,16 +198,27 @@ class Memory:
 
     def setup(self, conn: sqlite3.Connection) -> None:
         """Writer thread, at open: create the vector table for the configured dimension."""
-        row = conn.execute("SELECT value FROM settings WHERE key = 'embedding_dim'").fetchone()
-        if row is not None and int(row[0]) != self.dim:
-            raise StoreError(f"database vectors have {row[0]} dimensions, configured embedding_dim is {self.dim}")
-        conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('embedding_dim', ?)", (str(self.dim),))
-        conn.execute(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vec USING vec0("
-            f"chunk_id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,"
-            " owner_type TEXT, owner_id TEXT, pool TEXT, scope TEXT, type TEXT, visibility TEXT,"
-            " expires_at FLOAT)"
+        for key, value in (("embedding_dim", str(self.dim)), ("vector_index", self.vector_index)):
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            if row is not None and str(row[0]) != value:
+                raise StoreError(f"database was built with {key} = {row[0]}, configured {key} is {value}")
+            conn.execute("INSERT OR IGNORE INTO settings(key, value) VALUES (?, ?)", (key, value))
+        access_columns = (
+            " owner_type TEXT, owner_id TEXT, pool TEXT, scope TEXT, type TEXT, visibility TEXT, expires_at FLOAT"
         )
+        if self.vector_index == "exact":
+            conn.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vec USING vec0("
+                f"chunk_id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns})"
+            )
+        else:
+            conn.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_bits USING vec0("
+                f"chunk_id INTEGER PRIMARY KEY, embedding bit[{self.dim}],{access_columns})"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS chunk_f32(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)"
+            )
 
     async def aclose(self) -> None:
         if self.embedder is not None:
@@ -223,17 +248,27 @@ class Memory:
         for idx, (text, vec) in enumerate(zip(chunks, vectors, strict=True)):
             cursor = conn.execute("INSERT INTO chunks(memory_id, idx, text) VALUES (?, ?, ?)", (item.id, idx, text))
             if vec is not None:
-                conn.execute(
-                    "INSERT INTO chunk_vec(chunk_id, embedding, owner_type, owner_id, pool, scope, type, visibility,"
-                    " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cursor.lastrowid, vec, item.owner_type, item.owner_id, item.pool, item.scope, item.type,
-                     item.visibility, expires),
-                )
+                access = (item.owner_type, item.owner_id, item.pool, item.scope, item.type, item.visibility, expires)
+                if self.vector_index == "exact":
+                    conn.execute(
+                        "INSERT INTO chunk_vec(chunk_id, embedding, owner_type, owner_id, pool, scope, type,"
+                        " visibility, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (cursor.lastrowid, vec, *access),
+                    )
+                else:
+                    conn.execute(
+                        "INSERT INTO chunk_bits(chunk_id, embedding, owner_type, owner_id, pool, scope, type,"
+                        " visibility, expires_at) VALUES (?, vec_quantize_binary(?), ?, ?, ?, ?, ?, ?, ?)",
+                        (cursor.lastrowid, vec, *access),
+                    )
+                    conn.execute("INSERT INTO chunk_f32(chunk_id, embedding) VALUES (?, ?)", (cursor.lastrowid, vec))
 
     def _delete_chunks(self, conn: sqlite3.Connection, memory_id: str) -> None:
         ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE memory_id = ?", (memory_id,))]
         for chunk_id in ids:
-            conn.execute("DELETE FROM chunk_vec WHERE chunk_id = ?", (chunk_id,))
+            conn.execute(f"DELETE FROM {self._knn_table} WHERE chunk_id = ?", (chunk_id,))  # noqa: S608 - table name is one of two constants
+            if self._float_table != self._knn_table:
+                conn.execute(f"DELETE FROM {self._float_table} WHERE chunk_id = ?", (chunk_id,))  # noqa: S608 - as above
         conn.execute("DELETE FROM chunks WHERE memory_id = ?", (memory_id,))
 
     def _outbox(self, conn: sqlite3.Connection, op: str, item: MemoryItem | None, memory_id: str) -> None:
@@ -386,7 +421,7 @@ class Memory:
                 if vector is None and self.embedder is None:
                     # Keep caller-supplied vectors of the first chunk when only the text changed.
                     kept = conn.execute(
-                        "SELECT v.embedding FROM chunk_vec v JOIN chunks c ON c.id = v.chunk_id"
+                        f"SELECT v.embedding FROM {self._float_table} v JOIN chunks c ON c.id = v.chunk_id"  # noqa: S608 - table name is one of two constants
                         " WHERE c.memory_id = ? AND c.idx = 0",
                         (memory_id,),
                     ).fetchone()
@@ -396,7 +431,7 @@ class Memory:
                 self._insert_chunks(conn, item, chunks, vectors)
             else:
                 conn.execute(
-                    "UPDATE chunk_vec SET pool = ?, scope = ?, type = ?, visibility = ?, expires_at = ?"
+                    f"UPDATE {self._knn_table} SET pool = ?, scope = ?, type = ?, visibility = ?, expires_at = ?"  # noqa: S608 - table name is one of two constants
                     " WHERE chunk_id IN (SELECT id FROM chunks WHERE memory_id = ?)",
                     (item.pool, item.scope, item.type, item.visibility,
                      item.expires_at if item.expires_at is not None else NO_EXPIRY, memory_id),
@@ -579,6 +614,27 @@ class Memory:
                 out.append((str(mid), str(chunk)))
         return out
 
+    def _binary_candidates(
+        self, conn: sqlite3.Connection, query: bytes, depth: int, where: str, args: list[Any]
+    ) -> list[Any]:
+        """Hamming-distance KNN on sign bits (filters inside), then exact cosine re-ranking of the candidates."""
+        k = min(4096, depth * self._oversample)
+        ids = [
+            int(r[0]) for r in conn.execute(
+                "SELECT v.chunk_id FROM chunk_bits v WHERE v.embedding MATCH vec_quantize_binary(?) AND k = ?"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                f" AND {where}",
+                [query, k, *args],
+            )
+        ]
+        if not ids:
+            return []
+        return conn.execute(
+            "SELECT c.memory_id, c.text, vec_distance_cosine(f.embedding, ?) AS d FROM chunk_f32 f"  # noqa: S608 - placeholders only
+            f" JOIN chunks c ON c.id = f.chunk_id WHERE f.chunk_id IN ({','.join('?' * len(ids))})"
+            " ORDER BY d LIMIT ?",
+            [query, *ids, depth],
+        ).fetchall()
+
     def _vector(
         self, conn: sqlite3.Connection, query: bytes, flt: MemoryFilter, now: float, depth: int
     ) -> list[tuple[str, str, float]]:
@@ -586,7 +642,7 @@ class Memory:
             # Metadata is not a vec0 column: an exact scan with every filter inside the WHERE clause.
             where, args = self._where(flt, now)
             rows = conn.execute(
-                "SELECT c.memory_id, c.text, vec_distance_cosine(v.embedding, ?) AS d FROM chunk_vec v"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                f"SELECT c.memory_id, c.text, vec_distance_cosine(v.embedding, ?) AS d FROM {self._float_table} v"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                 " JOIN chunks c ON c.id = v.chunk_id JOIN memories m ON m.id = c.memory_id"
                 f" WHERE {where} ORDER BY d LIMIT ?",
                 [query, *args, depth],
@@ -596,6 +652,9 @@ class Memory:
             for branch in flt.access_branches():
                 where, args = self._vec_where(branch, now)
                 if where == "0":
+                    continue
+                if self.vector_index == "binary":
+                    rows += self._binary_candidates(conn, query, depth, where, args)
                     continue
                 rows += conn.execute(
                     "SELECT c.memory_id, c.text, knn.distance FROM ("  # noqa: S608 - only fixed column names and ? placeholders are interpolated
@@ -607,7 +666,7 @@ class Memory:
             rows.sort(key=lambda r: r[2])
         seen: set[str] = set()
         out: list[tuple[str, str, float]] = []
-        for mid, chunk, distance in rows:
+        for mid, chunk, distance in rows[: depth * 4]:
             if mid not in seen:
                 seen.add(mid)
                 out.append((str(mid), str(chunk), 1.0 - float(distance)))

@@ -207,3 +207,28 @@ def test_none_embedder_means_caller_vectors() -> None:
     assert make_embedder("none") is None
     with pytest.raises(EmbedderError):
         make_embedder("http")
+
+
+async def test_binary_index_finds_neighbours_with_filters_and_reranks_exactly(
+    tmp_path: Path, signer: Ed25519Signer
+) -> None:
+    import random
+
+    rnd = random.Random(5)
+    async with Store(tmp_path / "b.db", signer=signer, embedding_dim=16, vector_index="binary", ttl_sweep_s=0) as store:
+        items = []
+        for i in range(60):
+            vec = [rnd.gauss(0, 1) for _ in range(16)]
+            items.append((await store.memory.create(owner_type="agent", owner_id=f"a{i % 3}", content=f"m {i}",
+                                                    vector=vec), vec))
+        target, vec = items[10]
+        hits = await store.memory.search(vector=vec, limit=3)
+        assert hits[0].item.id == target.id and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+        own = await store.memory.search(vector=vec, flt=MemoryFilter(owner_id="a2"), limit=5)
+        assert own and all(h.item.owner_id == "a2" for h in own)
+        assert [h.similarity for h in own] == sorted((h.similarity for h in own), reverse=True)
+        await store.memory.delete(target.id)
+        assert target.id not in {h.item.id for h in await store.memory.search(vector=vec, limit=5)}
+    with pytest.raises(Exception, match="vector_index"):
+        async with Store(tmp_path / "b.db", signer=signer, embedding_dim=16, ttl_sweep_s=0):
+            pass
