@@ -314,9 +314,22 @@ class SyncWorker:
     # -- scheduling --------------------------------------------------------------------------------
 
     def request_run(self) -> int:
-        """Ask for a pass now (cuts backoff short, not a server's Retry-After); returns the run to wait for."""
-        self._wake.set()
-        return self._runs_started + 1
+        """Ask for a pass now (cuts backoff short, not a server's Retry-After); returns the run to wait for.
+
+        With ``periodic=False`` there is no loop to wake, so a one-off ``sync-run`` task makes the pass.
+        """
+        target = self._runs_started + 1
+        if self._periodic:
+            self._wake.set()
+        elif not any(t.get_name() == "sync-run" and not t.done() for t in self._tasks):
+            self._spawn(self._one_run(), "sync-run")
+        return target
+
+    async def _one_run(self) -> None:
+        try:
+            await self.run_once()
+        except SyncError:
+            log.warning("sync: on-demand pass failed", exc_info=True)
 
     async def wait_run(self, run_number: int) -> None:
         """Return once run ``run_number`` (as given by ``request_run``) has completed."""
@@ -395,7 +408,13 @@ class SyncWorker:
             errors: dict[str, str] = {}
             retry_after: list[float] = []
             try:
-                dropped = (await self.enforce_spool()).dropped
+                try:
+                    dropped = (await self.enforce_spool()).dropped
+                except SpoolError as exc:
+                    # Sending may still work when trimming does not; the error shows in the status.
+                    log.warning("sync: spool policy not applied: %s", exc)
+                    errors["spool"] = str(exc)
+                    dropped = {}
                 results = await asyncio.gather(
                     *(self._drain(stream) for stream in self._streams), return_exceptions=True
                 )

@@ -198,3 +198,12 @@ def test_invalid_settings_name_the_setting(store: Store) -> None:
         SyncWorker(store, url="ftp://x")
     with pytest.raises(SyncSettingsError, match="interval_s"):
         SyncWorker(store, url="http://127.0.0.1:1", interval_s=0)
+
+
+async def test_on_demand_only_worker_runs_a_pass_when_asked(store: Store, upstream: UpstreamServer) -> None:
+    await _fill(store, 3)
+    async with SyncWorker(store, url=upstream.url, periodic=False) as worker:
+        await asyncio.sleep(0.1)
+        assert worker.status().runs_started == 0  # nothing runs by itself
+        await asyncio.wait_for(worker.wait_run(worker.request_run()), timeout=10)
+    assert await _pending(store) == 0
