@@ -23,7 +23,7 @@ from daemon.store.db import Database, IntegrityMode
 from daemon.store.embedders import Embedder
 from daemon.store.errors import StoreClosedError, StoreError
 from daemon.store.maif_io import ExportResult, ImportResult, export, import_file, verify, verify_maif_file
-from daemon.store.memory import Memory, MemoryItem, SearchHit
+from daemon.store.memory import Memory, MemoryFilter, MemoryItem, SearchHit
 from daemon.store.outbox import Outbox, OutboxRecord, OutboxStats
 from daemon.store.signing import Ed25519Signer, PayloadCipher, Signer, load_encryption_key
 
@@ -39,6 +39,7 @@ __all__ = [
     "Embedder",
     "ExportResult",
     "ImportResult",
+    "MemoryFilter",
     "MemoryItem",
     "OutboxRecord",
     "OutboxStats",
