@@ -248,6 +248,7 @@ class SyncWorker:
         self._encoded: dict[str, EncodedBatch] = {}
         self._batch_limit = dict.fromkeys(self._streams, batch_max_records)
         self._running = False
+        self._run_queued = False
         self._runs_started = 0
         self._runs_completed = 0
         self._last_attempt: float | None = None
@@ -265,8 +266,13 @@ class SyncWorker:
         if self._registry is not None:
             from daemon.sync.metrics import SyncCollector  # noqa: PLC0415 - metrics import the worker
 
-            self._collector = SyncCollector(self)
-            self._registry.register(self._collector)
+            collector = SyncCollector(self)
+            try:
+                self._registry.register(collector)
+            except ValueError:  # the names are taken: a second worker on one registry is a wiring bug
+                await self._close_session()
+                raise
+            self._collector = collector
         try:
             await self.refresh_stats()
         except SpoolError:
@@ -321,11 +327,14 @@ class SyncWorker:
         target = self._runs_started + 1
         if self._periodic:
             self._wake.set()
-        elif not any(t.get_name() == "sync-run" and not t.done() for t in self._tasks):
+        elif not self._run_queued:  # one queued pass serves every request made before it starts
+            self._run_queued = True
             self._spawn(self._one_run(), "sync-run")
         return target
 
     async def _one_run(self) -> None:
+        async with self._run_lock:
+            self._run_queued = False  # from here on, a new request needs a new pass
         try:
             await self.run_once()
         except SyncError:
