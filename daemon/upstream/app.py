@@ -222,11 +222,11 @@ async def _prune_idempotency(app: web.Application) -> Any:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def make_app(state: UpstreamState) -> web.Application:
+def make_app(state: UpstreamState, *, max_body_bytes: int = MAX_INFLATED_BYTES) -> web.Application:
     """The aiohttp application; the caller owns ``state.db`` (open before, close after)."""
     # aiohttp inflates gzip/deflate bodies itself and applies client_max_size to the inflated bytes,
     # which is the zip-bomb guard.
-    app = web.Application(middlewares=[_auth], client_max_size=MAX_INFLATED_BYTES)
+    app = web.Application(middlewares=[_auth], client_max_size=max_body_bytes)
     app[STATE] = state
     app.router.add_post(INGEST_PATH, ingest)
     app.router.add_get("/v1/streams", list_streams)

@@ -17,6 +17,7 @@ from typing import Self
 
 from aiohttp import web
 
+from daemon.sync.wire import MAX_INFLATED_BYTES
 from daemon.upstream.app import STATE, UpstreamState, make_app
 from daemon.upstream.db import UpstreamDb
 from daemon.upstream.errors import UpstreamConfigError
@@ -58,11 +59,13 @@ class UpstreamServer:
         faults: Faults | None = None,
         seed: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        max_body_bytes: int = MAX_INFLATED_BYTES,
     ) -> None:
         self._db = UpstreamDb(db_path)
         self._host = host
         self._port = port
         self._ssl = ssl_context
+        self._max_body_bytes = max_body_bytes
         self._state = UpstreamState(db=self._db, faults=faults or Faults(), rng=random.Random(seed),  # noqa: S311 - fault dice, not crypto
                                     token=token, admin_token=admin_token)
         self._runner: web.AppRunner | None = None
@@ -74,7 +77,7 @@ class UpstreamServer:
 
     async def __aenter__(self) -> Self:
         await self._db.open()
-        app = make_app(self._state)
+        app = make_app(self._state, max_body_bytes=self._max_body_bytes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
@@ -108,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ca", help="CA (PEM) that client certificates must chain to: requires mTLS")
     p.add_argument("--ready-file", help="write the base URL here once listening")
     p.add_argument("--seed", type=int, help="seed for fault injection dice")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_INFLATED_BYTES,
+                   help="largest inflated batch accepted; larger ones get 413")
     faults = p.add_argument_group("fault injection (also PUT /admin/faults at run time)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="503 before storing")
     faults.add_argument("--after-commit-rate", type=float, default=0.0, help="store, then answer 500")
@@ -135,7 +140,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with UpstreamServer(args.db, host=host, port=port, token=args.token, admin_token=args.admin_token,
-                              faults=faults, seed=args.seed, ssl_context=tls) as server:
+                              faults=faults, seed=args.seed, ssl_context=tls,
+                              max_body_bytes=args.max_body_bytes) as server:
         print(f"mycoedge upstream listening on {server.url}", flush=True)
         if args.ready_file:
             await asyncio.to_thread(Path(args.ready_file).write_text, server.url + "\n")

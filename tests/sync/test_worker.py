@@ -207,3 +207,15 @@ async def test_on_demand_only_worker_runs_a_pass_when_asked(store: Store, upstre
         assert worker.status().runs_started == 0  # nothing runs by itself
         await asyncio.wait_for(worker.wait_run(worker.request_run()), timeout=10)
     assert await _pending(store) == 0
+
+
+async def test_a_413_halves_the_batch_until_it_fits(store: Store, tmp_path: Path) -> None:
+    await store.outbox_append("events", [(f"e{i:03d}", json.dumps({"pad": "x" * 100}).encode()) for i in range(64)])
+    async with UpstreamServer(tmp_path / "up.db", max_body_bytes=3000) as up, \
+            SyncWorker(store, url=up.url, periodic=False, streams=("events",)) as worker:
+        for _ in range(10):
+            if (await worker.run_once()).ok:
+                break
+        assert await up.state.db.ids("events") == [f"e{i:03d}" for i in range(64)]
+        assert worker.status().streams["events"].failures >= 1
+    assert await _pending(store) == 0
