@@ -93,6 +93,7 @@ class Hub:
         anomaly: AnomalyScorer | None = None,
         audit_messages: bool = False,
         metrics: CollectorRegistry | None = None,
+        mcp: bool = True,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -130,6 +131,14 @@ class Hub:
                            anomaly=self.anomaly, limits=output_limits or OutputLimits(), clock=clock)
         self.pools.set_sensitive_level(self.gates.needed("read_sensitive"))
         self.token_resolver = HubTokenResolver(self)
+        self.mcp: Any = None
+        if mcp:
+            try:
+                from daemon.hub.mcp import McpBridge  # noqa: PLC0415 - the mcp SDK is an optional dependency
+            except ImportError:
+                log.warning("the mcp package is not installed: /mcp is not served")
+            else:
+                self.mcp = McpBridge(self)
         metrics = metrics if metrics is not None else CollectorRegistry()
         self._m_messages = Counter("mycoedge_hub_messages", "Messages routed by outcome", ["outcome"],
                                    registry=metrics)
@@ -162,6 +171,12 @@ class Hub:
             await self.db.close()
             raise
         self.registry.on_liveness(self._liveness_changed)
+        if self.mcp is not None:
+            try:
+                await self.mcp.__aenter__()
+            except BaseException:
+                await self.db.close()
+                raise
         self._open = True
         self._tasks = [asyncio.create_task(self._sweeper(), name="hub-sweeper"),
                        asyncio.create_task(self._audit_writer(), name="hub-audit")]
@@ -175,8 +190,12 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
         self._tasks = []
-        await self._flush_audit()
-        await self.db.close()
+        try:
+            if self.mcp is not None:
+                await self.mcp.__aexit__(None, None, None)
+            await self._flush_audit()
+        finally:
+            await self.db.close()
 
     async def _subscribe_live(self) -> None:
         # BrokerLink subscribes registered handlers on (re)connect; when the Hub is entered after the link

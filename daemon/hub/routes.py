@@ -435,4 +435,20 @@ def build_routes(hub: Hub) -> list[Routes]:
             "rate_limited": hub.agent_limits.refused + hub.session_limits.refused,
         })
 
-    return [agents, messages, handoffs, pools, policies]
+    tables = [agents, messages, handoffs, pools, policies]
+    if hub.mcp is not None:
+        mcp = Routes(tag="mcp")
+        bridge = hub.mcp
+
+        async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
+            return await bridge.handle(request, principal(request))  # type: ignore[no-any-return]
+
+        for method in ("POST", "GET", "DELETE"):
+            async def handler(request: web.Request) -> web.StreamResponse:
+                return await mcp_endpoint(request)
+
+            handler.__name__ = f"mcp_{method.lower()}"
+            mcp.route(method, "/mcp", summary="MCP (streamable HTTP): the hub's operations as tools", auth="agent",
+                      responses={200: OBJ, 202: None, 405: None})(handler)
+        tables.append(mcp)
+    return tables
