@@ -8,6 +8,7 @@ wants), so the event loop never blocks and batches commit strictly one after ano
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import time
@@ -98,7 +99,7 @@ class UpstreamDb:
         now = time.time()
         rows = [
             (batch.stream, r.id, batch.source, r.seq, r.created,
-             r.payload.hex() if r.payload_is_b64 else json.dumps(r.payload, separators=(",", ":")),
+             base64.b64encode(r.payload).decode() if r.payload_is_b64 else json.dumps(r.payload, separators=(",", ":")),
              1 if r.payload_is_b64 else 0, now)
             for r in batch.records
         ]
@@ -141,7 +142,7 @@ class UpstreamDb:
         ).fetchall()
         return [
             {"pos": pos, "id": rid, "source": source, "seq": seq, "created": created,
-             **({"payload_hex": payload} if b64 else {"payload": json.loads(payload)})}
+             **({"payload_b64": payload} if b64 else {"payload": json.loads(payload)})}
             for pos, rid, source, seq, created, payload, b64 in rows
         ]
 

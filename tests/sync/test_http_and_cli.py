@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -49,6 +50,7 @@ async def test_status_reports_pending_records_per_stream_and_needs_the_admin_tok
     await store.outbox_append("events", [("e1", b"{}"), ("e2", b"{}")])
     status, doc = await _get(node.url + "/v1/sync/status")
     assert status == 200
+    jsonschema.validate(doc, http_sync.STATUS_SCHEMA)
     assert doc["pending"] == 2
     streams = doc["streams"]
     assert isinstance(streams, dict) and streams["events"]["pending"] == 2

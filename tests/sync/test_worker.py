@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -172,7 +173,7 @@ async def test_a_payload_that_is_not_json_travels_as_base64_and_does_not_block_t
         assert (await worker.run_once()).ok
     records = await upstream.state.db.records("events", after=0, limit=10)
     assert [r["id"] for r in records] == ["ok-1", "bad", "ok-2"]
-    assert records[1]["payload_hex"] == b"\xff{not json".hex()
+    assert base64.b64decode(records[1]["payload_b64"]) == b"\xff{not json"
     assert records[2]["payload"] == [2]
 
 
