@@ -63,7 +63,8 @@ class Store:
     Settings (all keyword-only, defaults in brackets): ``signer`` (required), ``encryption_key`` [None]
     (32 bytes, or a path to a 0600 key file), ``encrypt_blocks`` [True when a key is given],
     ``embedder`` [None = caller supplies vectors], ``embedding_dim`` [384], ``vector_index`` ["exact" |
-    "binary": sign-bit candidates re-ranked exactly], ``binary_oversample`` [10], ``integrity_check``
+    "binary": sign-bit candidates re-ranked exactly | "ivf": partitions by nearest centroid],
+    ``binary_oversample`` [10], ``ivf_probes`` [16], ``ivf_train_at`` [20000], ``integrity_check``
     ["full" | "quick" | "off"], ``chunk_chars`` [1500], ``chunk_overlap`` [200], ``ttl_sweep_s`` [60],
     ``max_group`` [2048], ``clock`` [time.time].
     """
@@ -77,8 +78,10 @@ class Store:
         encrypt_blocks: bool | None = None,
         embedder: Embedder | None = None,
         embedding_dim: int = 384,
-        vector_index: Literal["exact", "binary"] = "exact",
+        vector_index: Literal["exact", "binary", "ivf"] = "exact",
         binary_oversample: int = 10,
+        ivf_probes: int = 16,
+        ivf_train_at: int = 20_000,
         integrity_check: IntegrityMode = "full",
         chunk_chars: int = 1500,
         chunk_overlap: int = 200,
@@ -108,7 +111,8 @@ class Store:
         self.outbox = Outbox(self.db, clock, maif_append=self.blocks.append_outbox_records)
         self.memory = Memory(
             self.db, embedder=embedder, dim=embedding_dim, chunk_chars=chunk_chars, chunk_overlap=chunk_overlap,
-            clock=clock, vector_index=vector_index, binary_oversample=binary_oversample,
+            clock=clock, vector_index=vector_index, binary_oversample=binary_oversample, ivf_probes=ivf_probes,
+            ivf_train_at=ivf_train_at,
         )
         self._tasks: asyncio.TaskGroup | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -152,6 +156,7 @@ class Store:
             await asyncio.sleep(self._ttl_sweep_s)
             try:
                 removed = await self.memory.purge_expired()
+                await self.memory.maintain_index()
             except StoreClosedError:
                 return
             except StoreError as exc:

@@ -9,6 +9,8 @@ rankings by reciprocal rank (Cormack, Clarke and Büttcher, SIGIR 2009, k = 60).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
 import re
@@ -19,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from daemon.store import ivf
 from daemon.store.embedders import Embedder
 from daemon.store.errors import InvalidInputError, NotFoundError, StoreError
 from daemon.store.outbox import enqueue
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from daemon.store.db import Database
 
 MemoryType = Literal["short_term", "long_term", "profile"]
-VectorIndex = Literal["exact", "binary"]
+VectorIndex = Literal["exact", "binary", "ivf"]
 MEMORY_TYPES = ("short_term", "long_term", "profile")
 SCOPES = ("AGENT_PRIVATE", "USER", "PROJECT", "TEAM", "GLOBAL")
 VISIBILITIES = ("private", "pool", "public")
@@ -173,9 +176,11 @@ class Memory:
         clock: Callable[[], float],
         vector_index: VectorIndex = "exact",
         binary_oversample: int = 10,
+        ivf_probes: int = 16,
+        ivf_train_at: int = 20_000,
     ) -> None:
-        if vector_index not in ("exact", "binary"):
-            raise InvalidInputError(f"vector_index must be 'exact' or 'binary', got {vector_index!r}")
+        if vector_index not in ("exact", "binary", "ivf"):
+            raise InvalidInputError(f"vector_index must be 'exact', 'binary' or 'ivf', got {vector_index!r}")
         if vector_index == "binary" and dim % 8:
             raise InvalidInputError("vector_index 'binary' needs embedding_dim divisible by 8")
         self.vector_index: VectorIndex = vector_index
@@ -183,8 +188,14 @@ class Memory:
         # exact: one vec0 float table does KNN and holds the vectors. binary: a vec0 bit table (sign of
         # each dimension) finds candidates by Hamming distance, a plain table holds the float vectors
         # that re-rank them exactly.
-        self._knn_table = "chunk_vec" if vector_index == "exact" else "chunk_bits"
+        # ivf: a vec0 float table partitioned by nearest centroid (see daemon/store/ivf.py); partition -1
+        # holds vectors not assigned yet and is always scanned, so search stays exact for them.
+        self._knn_table = {"exact": "chunk_vec", "binary": "chunk_bits", "ivf": "chunk_ivf"}[vector_index]
         self._float_table = "chunk_vec" if vector_index == "exact" else "chunk_f32"
+        self._probes = max(1, ivf_probes)
+        self._train_at = ivf_train_at
+        self._trained = False
+        self._building = False
         if dim <= 0 or dim > 8192:
             raise InvalidInputError(f"embedding_dim must be 1..8192, got {dim}")
         if embedder is not None and embedder.dim != dim:
@@ -211,14 +222,27 @@ class Memory:
                 "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_vec USING vec0("
                 f"chunk_id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns})"
             )
-        else:
+        elif self.vector_index == "binary":
             conn.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_bits USING vec0("
                 f"chunk_id INTEGER PRIMARY KEY, embedding bit[{self.dim}],{access_columns})"
             )
+        else:
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS chunk_f32(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)"
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_ivf USING vec0(chunk_id INTEGER PRIMARY KEY,"
+                f" cluster INTEGER PARTITION KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns})"
             )
+            conn.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS ivf_centroids USING vec0("
+                f"id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine)"
+            )
+            self._trained = conn.execute("SELECT count(*) FROM ivf_centroids").fetchone()[0] > 0
+        if self.vector_index != "exact":
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS chunk_f32(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL,"
+                " cluster INTEGER NOT NULL DEFAULT -1)"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS chunk_f32_cluster ON chunk_f32(cluster)")
 
     async def aclose(self) -> None:
         if self.embedder is not None:
@@ -255,6 +279,11 @@ class Memory:
                         " visibility, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (cursor.lastrowid, vec, *access),
                     )
+                elif self.vector_index == "ivf":
+                    cluster = self._nearest(conn, vec)
+                    self._insert_ivf(conn, int(cursor.lastrowid or 0), vec, access, cluster)
+                    conn.execute("INSERT INTO chunk_f32(chunk_id, embedding, cluster) VALUES (?, ?, ?)",
+                                 (cursor.lastrowid, vec, cluster))
                 else:
                     conn.execute(
                         "INSERT INTO chunk_bits(chunk_id, embedding, owner_type, owner_id, pool, scope, type,"
@@ -262,6 +291,95 @@ class Memory:
                         (cursor.lastrowid, vec, *access),
                     )
                     conn.execute("INSERT INTO chunk_f32(chunk_id, embedding) VALUES (?, ?)", (cursor.lastrowid, vec))
+
+    def _nearest(self, conn: sqlite3.Connection, vec: bytes) -> int:
+        """The partition of a vector: its nearest centroid, or -1 before the index is trained."""
+        if not self._trained or self._building:
+            return -1
+        row = conn.execute("SELECT id FROM ivf_centroids WHERE embedding MATCH ? AND k = 1", (vec,)).fetchone()
+        return -1 if row is None else int(row[0])
+
+    @staticmethod
+    def _insert_ivf(conn: sqlite3.Connection, chunk_id: int, vec: bytes, access: Sequence[Any], cluster: int) -> None:
+        conn.execute(
+            "INSERT INTO chunk_ivf(chunk_id, cluster, embedding, owner_type, owner_id, pool, scope, type, visibility,"
+            " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (chunk_id, cluster, vec, *access),
+        )
+
+    async def build_vector_index(
+        self, *, lists: int | None = None, sample: int = 20_000, iterations: int = ivf.DEFAULT_ITERATIONS,
+        batch: int = 500,
+    ) -> int:
+        """Train the IVF centroids on a sample and move every vector into its partition; returns lists.
+
+        Runs in small write jobs so other writes keep flowing; searches stay correct throughout because
+        partition -1 (not yet assigned) is always scanned in full.
+        """
+        if self.vector_index != "ivf":
+            raise InvalidInputError("build_vector_index needs vector_index 'ivf'")
+
+        def read_sample(conn: sqlite3.Connection) -> tuple[int, list[bytes]]:
+            total = int(conn.execute("SELECT count(*) FROM chunk_f32").fetchone()[0])
+            rows = conn.execute("SELECT embedding FROM chunk_f32 ORDER BY random() LIMIT ?", (sample,))
+            return total, [bytes(r[0]) for r in rows]
+
+        total, samples = await self._db.read(read_sample)
+        if not samples:
+            return 0
+        n_lists = lists or ivf.default_lists(total)
+        centroids = await asyncio.to_thread(ivf.train, samples, self.dim, n_lists, iterations=iterations)
+
+        def start(conn: sqlite3.Connection) -> None:
+            self._building = True  # new vectors go to -1 until the new centroids are in place
+
+        await self._db.write(start)
+        try:
+            while await self._db.write(functools.partial(self._reassign_batch, to_unassigned=True, batch=batch)):
+                pass
+
+            def install(conn: sqlite3.Connection) -> None:
+                conn.execute("DELETE FROM ivf_centroids")
+                conn.executemany("INSERT INTO ivf_centroids(id, embedding) VALUES (?, ?)", list(enumerate(centroids)))
+                self._trained, self._building = True, False
+
+            await self._db.write(install)
+        finally:
+            def stop(conn: sqlite3.Connection) -> None:
+                self._building = False
+
+            await self._db.write(stop)
+        while await self._db.write(functools.partial(self._reassign_batch, to_unassigned=False, batch=batch)):
+            pass
+        return len(centroids)
+
+    def _reassign_batch(self, conn: sqlite3.Connection, *, to_unassigned: bool, batch: int) -> int:
+        """Writer thread: move up to ``batch`` vectors to partition -1, or from -1 to their centroid."""
+        rows = conn.execute(
+            "SELECT f.chunk_id, f.embedding, m.owner_type, m.owner_id, m.pool, m.scope, m.type, m.visibility,"
+            " m.expires_at FROM chunk_f32 f JOIN chunks c ON c.id = f.chunk_id JOIN memories m ON m.id = c.memory_id"
+            " WHERE (f.cluster = -1) != ? LIMIT ?",
+            (int(to_unassigned), batch),
+        ).fetchall()
+        moved = 0
+        for chunk_id, vec, *access in rows:
+            cluster = -1 if to_unassigned else self._nearest(conn, vec)
+            if cluster == -1 and not to_unassigned:
+                break  # no centroids (a concurrent rebuild started): leave the rest unassigned
+            access[-1] = NO_EXPIRY if access[-1] is None else access[-1]
+            conn.execute("DELETE FROM chunk_ivf WHERE chunk_id = ?", (chunk_id,))
+            self._insert_ivf(conn, chunk_id, vec, access, cluster)
+            conn.execute("UPDATE chunk_f32 SET cluster = ? WHERE chunk_id = ?", (cluster, chunk_id))
+            moved += 1
+        return moved
+
+    async def maintain_index(self) -> None:
+        """Train the IVF index once enough vectors exist (called by the store's periodic task)."""
+        if self.vector_index != "ivf" or self._trained or self._building:
+            return
+        count = await self._db.read(lambda c: int(c.execute("SELECT count(*) FROM chunk_f32").fetchone()[0]))
+        if count >= self._train_at:
+            await self.build_vector_index()
 
     def _delete_chunks(self, conn: sqlite3.Connection, memory_id: str) -> None:
         ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE memory_id = ?", (memory_id,))]
@@ -429,6 +547,16 @@ class Memory:
                         vectors[0] = bytes(kept[0])
                 self._delete_chunks(conn, memory_id)
                 self._insert_chunks(conn, item, chunks, vectors)
+            elif self.vector_index == "ivf":
+                # sqlite-vec refuses UPDATE on a table with a partition key: re-insert with the new columns.
+                access = (item.owner_type, item.owner_id, item.pool, item.scope, item.type, item.visibility,
+                          item.expires_at if item.expires_at is not None else NO_EXPIRY)
+                for chunk_id, vec, cluster in conn.execute(
+                    "SELECT f.chunk_id, f.embedding, f.cluster FROM chunk_f32 f JOIN chunks c ON c.id = f.chunk_id"
+                    " WHERE c.memory_id = ?", (memory_id,)
+                ).fetchall():
+                    conn.execute("DELETE FROM chunk_ivf WHERE chunk_id = ?", (chunk_id,))
+                    self._insert_ivf(conn, chunk_id, vec, access, cluster)
             else:
                 conn.execute(
                     f"UPDATE {self._knn_table} SET pool = ?, scope = ?, type = ?, visibility = ?, expires_at = ?"  # noqa: S608 - table name is one of two constants
@@ -614,6 +742,35 @@ class Memory:
                 out.append((str(mid), str(chunk)))
         return out
 
+    def _ivf_candidates(
+        self, conn: sqlite3.Connection, query: bytes, depth: int, where: str, args: list[Any]
+    ) -> list[Any]:
+        """KNN inside the query's nearest partitions plus the unassigned one, filters applied inside.
+
+        A selective filter can leave the nearest partitions without a single match (the usual IVF
+        weakness); then the probe count grows fourfold until enough matches are found or every
+        partition has been scanned, so a filter never hides results that exist.
+        """
+        lists = int(conn.execute("SELECT count(*) FROM ivf_centroids").fetchone()[0])
+        probes = min(self._probes, max(lists, 1))
+        want = max(1, depth // 4)
+        while True:
+            clusters = [-1] + [
+                int(r[0]) for r in conn.execute(
+                    "SELECT id FROM ivf_centroids WHERE embedding MATCH ? AND k = ?", (query, probes)
+                )
+            ]
+            rows = conn.execute(
+                "SELECT c.memory_id, c.text, knn.distance FROM ("  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                " SELECT v.chunk_id, v.distance FROM chunk_ivf v WHERE v.embedding MATCH ? AND k = ?"
+                f" AND v.cluster IN ({','.join('?' * len(clusters))}) AND {where}"
+                ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance LIMIT ?",
+                [query, depth, *clusters, *args, depth],
+            ).fetchall()
+            if len(rows) >= want or probes >= lists:
+                return rows
+            probes = min(lists, probes * 4)
+
     def _binary_candidates(
         self, conn: sqlite3.Connection, query: bytes, depth: int, where: str, args: list[Any]
     ) -> list[Any]:
@@ -655,6 +812,9 @@ class Memory:
                     continue
                 if self.vector_index == "binary":
                     rows += self._binary_candidates(conn, query, depth, where, args)
+                    continue
+                if self.vector_index == "ivf":
+                    rows += self._ivf_candidates(conn, query, depth, where, args)
                     continue
                 rows += conn.execute(
                     "SELECT c.memory_id, c.text, knn.distance FROM ("  # noqa: S608 - only fixed column names and ? placeholders are interpolated

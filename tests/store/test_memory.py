@@ -232,3 +232,36 @@ async def test_binary_index_finds_neighbours_with_filters_and_reranks_exactly(
     with pytest.raises(Exception, match="vector_index"):
         async with Store(tmp_path / "b.db", signer=signer, embedding_dim=16, ttl_sweep_s=0):
             pass
+
+
+async def test_ivf_index_trains_partitions_and_keeps_filters(tmp_path: Path, signer: Ed25519Signer) -> None:
+    import random
+
+    rnd = random.Random(9)
+    centres = [[rnd.gauss(0, 1) for _ in range(8)] for _ in range(6)]
+    async with Store(tmp_path / "i.db", signer=signer, embedding_dim=8, vector_index="ivf", ivf_probes=2,
+                     ttl_sweep_s=0) as store:
+        items = []
+        for i in range(240):
+            vec = [x + rnd.gauss(0, 0.1) for x in centres[i % 6]]
+            items.append((await store.memory.create(owner_type="agent", owner_id=f"a{i % 2}", content=f"m {i}",
+                                                    vector=vec), vec))
+        target, vec = items[17]
+        before = await store.memory.search(vector=vec, limit=1)  # untrained: partition -1, exact
+        assert before[0].item.id == target.id
+        assert await store.memory.build_vector_index(lists=6) == 6
+        sql = "SELECT count(DISTINCT cluster) FROM chunk_f32"
+        clusters = await store.db.read(lambda c: c.execute(sql).fetchone()[0])
+        assert clusters > 1
+        after = await store.memory.search(vector=vec, limit=1)
+        assert after[0].item.id == target.id
+        own = await store.memory.search(vector=vec, flt=MemoryFilter(owner_id="a0"), limit=5)
+        assert own and all(h.item.owner_id == "a0" for h in own)
+        late = await store.memory.create(owner_type="agent", owner_id="a0", content="late", vector=vec)
+        hits = await store.memory.search(vector=vec, limit=3)
+        assert late.id in {h.item.id for h in hits}
+        await store.memory.update(late.id, visibility="public")
+        public = await store.memory.search(vector=vec, flt=MemoryFilter(visibility=["public"]), limit=3)
+        assert [h.item.id for h in public] == [late.id]
+        assert await store.memory.build_vector_index(lists=4) == 4  # rebuild moves everything again
+        assert (await store.memory.search(vector=vec, limit=1))[0].similarity == pytest.approx(1.0, abs=0.05)
