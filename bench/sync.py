@@ -20,7 +20,6 @@ import json
 import logging
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -166,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

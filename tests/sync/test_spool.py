@@ -84,7 +84,7 @@ def test_unknown_streams_are_kept_and_bad_settings_are_refused() -> None:
     assert SpoolPolicy().policy_for("something_new").retention is Retention.KEEP
     for bad in ({"max_bytes": 0}, {"low_water": 0.99, "high_water": 0.9}):
         try:
-            SpoolPolicy(**bad)  # type: ignore[arg-type]
+            SpoolPolicy(**bad)
         except ValueError as exc:
             assert "spool" in str(exc)
         else:

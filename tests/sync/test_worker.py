@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from daemon.store import Store
 from daemon.store.blocklog import BlockInput
-from daemon.sync import SyncWorker
+from daemon.sync import Outbox, SyncWorker
 from daemon.sync.errors import SyncSettingsError
 from daemon.upstream import Faults, UpstreamServer
 from daemon.upstream.server import server_tls
@@ -220,3 +220,8 @@ async def test_a_413_halves_the_batch_until_it_fits(store: Store, tmp_path: Path
         assert await up.state.db.ids("events") == [f"e{i:03d}" for i in range(64)]
         assert worker.status().streams["events"].failures >= 1
     assert await _pending(store) == 0
+
+
+def test_the_store_satisfies_the_outbox_protocol(store: Store) -> None:
+    outbox: Outbox = store  # checked statically by mypy, and at run time below
+    assert isinstance(outbox, Outbox)
