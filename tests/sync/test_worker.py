@@ -225,3 +225,19 @@ async def test_a_413_halves_the_batch_until_it_fits(store: Store, tmp_path: Path
 def test_the_store_satisfies_the_outbox_protocol(store: Store) -> None:
     outbox: Outbox = store  # checked statically by mypy, and at run time below
     assert isinstance(outbox, Outbox)
+
+
+async def test_the_worker_is_built_from_the_daemons_sync_config(store: Store, upstream: UpstreamServer) -> None:
+    from daemon.config import SyncConfig
+    from daemon.sync.wiring import worker_from_config
+
+    assert worker_from_config(store, SyncConfig(), node_id="n1") is None  # no url: uplink off
+    worker = worker_from_config(store, SyncConfig(url=upstream.url, interval_s=5.0, telemetry_max_age_s=60.0),
+                                node_id="n1")
+    assert worker is not None
+    await store.outbox_append("events", [("e1", b"{}")])
+    async with worker:
+        await worker.wait_run(1)
+        assert worker.status().interval_s == 5.0
+    records = await upstream.state.db.records("events", after=0, limit=5)
+    assert records[0]["source"] == "n1"
