@@ -34,6 +34,7 @@ VectorIndex = Literal["exact", "binary", "ivf"]
 MEMORY_TYPES = ("short_term", "long_term", "profile")
 SCOPES = ("AGENT_PRIVATE", "USER", "PROJECT", "TEAM", "GLOBAL")
 VISIBILITIES = ("private", "pool", "public")
+IVF_CHUNK = 128
 NO_EXPIRY = 1e300  # vec0 metadata columns cannot hold NULL: "never expires" is a far-future time.
 RRF_K = 60  # Cormack et al. 2009: the constant that worked best across their runs.
 MAX_CONTENT_CHARS = 1_000_000
@@ -230,7 +231,10 @@ class Memory:
         else:
             conn.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_ivf USING vec0(chunk_id INTEGER PRIMARY KEY,"
-                f" cluster INTEGER PARTITION KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns})"
+                f" cluster INTEGER PARTITION KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns},"
+                # vec0 allocates storage per partition in chunks of this many vectors (default 1024); IVF
+                # partitions hold about sqrt(N) vectors, so small chunks keep probes from reading empty slots.
+                f" chunk_size={IVF_CHUNK})"
             )
             conn.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS ivf_centroids USING vec0("
