@@ -205,9 +205,9 @@ def _words(rnd: random.Random, k: int) -> list[str]:
     return rnd.choices(VOCABULARY, cum_weights=_CUM_WEIGHTS, k=k)
 
 
-async def _load_memories(store: Store, vectors: list[bytes]) -> None:
+async def _load_memories(store: Store, vectors: list[bytes], offset: int = 0) -> None:
     """Bulk load through the store's own chunk/index insert path, 5,000 items per transaction."""
-    rnd = random.Random(3)
+    rnd = random.Random(3 + offset)
     now = time.time()
 
     def load(conn: sqlite3.Connection, start: int, part: list[bytes]) -> None:
@@ -226,7 +226,7 @@ async def _load_memories(store: Store, vectors: list[bytes]) -> None:
 
     for start in range(0, len(vectors), 5000):
         part = vectors[start : start + 5000]
-        await store.db.write(functools.partial(_load_part, load, start=start, part=part))
+        await store.db.write(functools.partial(_load_part, load, start=offset + start, part=part))
 
 
 def _load_part(load: Callable[[sqlite3.Connection, int, list[bytes]], None], conn: sqlite3.Connection, *,
@@ -250,12 +250,18 @@ async def bench_search(
     corpus, probes = vectors[:n], vectors[n:]
     async with _store(tmp / f"search-{index}.db", embedding_dim=dim, vector_index=index) as store:
         t0 = time.perf_counter()
-        await _load_memories(store, corpus)
         build = ""
         if index == "ivf":
+            # As in service: the index trains once the store holds ivf_train_at vectors (20,000), and
+            # every later vector is placed in its partition as it is written.
+            first = min(len(corpus), 20_000)
+            await _load_memories(store, corpus[:first])
             t1 = time.perf_counter()
-            lists = await store.memory.build_vector_index()
+            lists = await store.memory.build_vector_index(lists=max(1, round(len(corpus) ** 0.5)))
             build = f"; IVF build {time.perf_counter() - t1:.0f} s, {lists} lists, {store.memory._probes} probes"
+            await _load_memories(store, corpus[first:], offset=first)
+        else:
+            await _load_memories(store, corpus)
         load_s = time.perf_counter() - t0
         lat: list[float] = []
         exact_lat: list[float] = []

@@ -20,6 +20,8 @@ import sqlite_vec
 # Lloyd iterations: the assignment stabilises within a handful on embedding-like data; more iterations
 # cost training time without a measurable recall gain at the probe counts we use.
 DEFAULT_ITERATIONS = 6
+# vec0 stores vectors in chunks of this many slots; centroid tables are small, so keep chunks small too.
+CENTROID_CHUNK = 256
 
 
 def default_lists(count: int) -> int:
@@ -48,22 +50,22 @@ def train(samples: Sequence[bytes], dim: int, lists: int, *, iterations: int = D
         sqlite_vec.load(conn)
         conn.enable_load_extension(False)
         conn.execute(
-            f"CREATE VIRTUAL TABLE c USING vec0(id INTEGER PRIMARY KEY, e float[{dim}] distance_metric=cosine)"
+            f"CREATE VIRTUAL TABLE c USING vec0(id INTEGER PRIMARY KEY, e float[{dim}] distance_metric=cosine,"
+            f" chunk_size={CENTROID_CHUNK})"
         )
         for _ in range(iterations):
             conn.execute("DELETE FROM c")
             conn.executemany("INSERT INTO c(id, e) VALUES (?, ?)",
                              [(i, struct.pack(fmt, *v)) for i, v in enumerate(centroids)])
-            sums = [[0.0] * dim for _ in centroids]
-            counts = [0] * len(centroids)
+            members: list[list[list[float]]] = [[] for _ in centroids]
             for vector, blob in zip(vectors, samples, strict=True):
                 nearest = conn.execute("SELECT id FROM c WHERE e MATCH ? AND k = 1", (blob,)).fetchone()[0]
-                acc = sums[nearest]
-                sums[nearest] = [a + b for a, b in zip(acc, vector, strict=True)]
-                counts[nearest] += 1
+                members[nearest].append(vector)
             centroids = [
-                _normalise(total) if n else vectors[rnd.randrange(len(vectors))]  # re-seed an empty cluster
-                for total, n in zip(sums, counts, strict=True)
+                # zip(*m) transposes in C, so the per-dimension sums cost no Python loop per element.
+                _normalise([sum(column) for column in zip(*m, strict=True)]) if m
+                else vectors[rnd.randrange(len(vectors))]  # re-seed an empty cluster
+                for m in members
             ]
     finally:
         conn.close()

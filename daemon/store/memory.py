@@ -238,7 +238,8 @@ class Memory:
             )
             conn.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS ivf_centroids USING vec0("
-                f"id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine)"
+                f"id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,"
+                f" chunk_size={ivf.CENTROID_CHUNK})"
             )
             self._trained = conn.execute("SELECT count(*) FROM ivf_centroids").fetchone()[0] > 0
         if self.vector_index != "exact":
