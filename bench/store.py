@@ -211,8 +211,8 @@ async def _load_memories(store: Store, vectors: list[bytes], offset: int = 0) ->
     now = time.time()
 
     def load(conn: sqlite3.Connection, start: int, part: list[bytes]) -> None:
-        for offset, vec in enumerate(part):
-            i = start + offset
+        for position, vec in enumerate(part):
+            i = start + position
             text = " ".join(_words(rnd, 24)) + f" item{i}"
             item = MemoryItem(f"m{i}", "agent", f"a{i % 10}", f"p{i % 4}", "AGENT_PRIVATE", "long_term", text, {},
                               "private", None, None, now, now)
