@@ -134,11 +134,11 @@ async def import_file(store: object, path: str | Path) -> ImportResult:
     if not isinstance(store, Store):
         raise TypeError("import_file needs a Store")
     data = await asyncio.to_thread(_read_bounded, Path(path))
+    parsed = await asyncio.to_thread(decode_file, data)  # MaifFormatError(offset) when malformed
     checked = await asyncio.to_thread(verify_file, data)
     if not checked.ok:
         raise VerificationError(checked.first_bad if checked.first_bad is not None else -1,
                                 f"{path}: {checked.reason}")
-    parsed = await asyncio.to_thread(decode_file, data)
     items: list[BlockInput] = []
     for i, block in enumerate(parsed.blocks):
         try:

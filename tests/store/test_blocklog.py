@@ -221,3 +221,13 @@ async def test_parallel_verification_joins_ranges_and_names_the_bad_block(
     async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
         report = await store.blocks.verify(workers=2, parallel_from=1)
     assert not report.ok and report.first_bad == 151
+
+
+async def test_import_of_a_malformed_file_names_the_offset(store: Store, tmp_path: Path) -> None:
+    from daemon.store.errors import MaifFormatError
+
+    bad = tmp_path / "bad.maif"
+    bad.write_bytes(b"MAIF" + b"\x00" * 600)
+    with pytest.raises(MaifFormatError) as info:
+        await import_file(store, bad)
+    assert info.value.offset == 4  # version field: 0.0 is not a MAIF version
