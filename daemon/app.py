@@ -14,14 +14,16 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
 
-from daemon import __version__, devices
+from attestation import NodeAttestor, NodeTrust
+from daemon import __version__, attest, devices
 from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
 from daemon.config import Config, parse_listen
 from daemon.devices import FLEET_KEY, DeviceFleet
@@ -72,6 +74,14 @@ class Node:
     hotplug: HotplugSource | None = None
     trust_label: str = "software"
     announcer: NodeAnnouncer | None = None
+    attestor: NodeAttestor | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Fire-and-forget work that must not be garbage-collected mid-flight."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
     started_at: float = field(default_factory=time.monotonic)
     status_parts: list[Callable[[], str]] = field(default_factory=list)
     liveness_checks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -164,6 +174,23 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
         broker.on_state(follow)
 
+    def trust_changed(trust: NodeTrust) -> None:
+        node.trust_label = attest.trust_label(trust)
+        announcer = node.announcer
+        if announcer is not None:
+            node.spawn(announcer.update(trust=node.trust_label))
+
+    node.attestor = await stack.enter_async_context(
+        NodeAttestor(attest.attestation_config(config), on_change=trust_changed)
+    )
+    attestor = node.attestor
+    node.trust_label = attest.trust_label(attestor.trust)
+    if attestor.trust.mode == "software":
+        log.warning("no TPM: running on a software key, trust capped at level 2 (trust: software)")
+    verifier = attest.remote_verifier(attestor, config)
+    node.registry.register(attest.TrustCollector(attestor, verifier))
+    node.status_parts.append(lambda: f"trust {node.trust_label}")
+
     node.fleet = DeviceFleet(
         config.devices,
         factories=devices.default_factories(),
@@ -190,7 +217,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         resolvers=[AdminTokenResolver(admin_token)],
         readiness=readiness,
         registry=node.registry,
-        state={FLEET_KEY: node.fleet},
+        state={FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor, attest.VERIFIER_KEY: verifier},
     )
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
@@ -246,7 +273,7 @@ async def _announce(node: Node) -> None:
 
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
-    return [devices.routes]
+    return [devices.routes, attest.routes]
 
 
 def _open_store(config: Config) -> Store:

@@ -132,15 +132,24 @@ class SyncConfig:
 
 @dataclass(frozen=True, slots=True)
 class TrustConfig:
-    """TPM attestation and trust gates."""
+    """TPM attestation of the node, verification of agents' and peers' quotes, and trust gates."""
 
     tcti: str = field(default="", metadata=_doc(
-        "TPM TCTI (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`); empty: `/dev/tpmrm0` if present,"
-        " else a software key (trust capped at level 2)."))
-    ek_ca_bundle: str = field(default="", metadata=_doc("PEM bundle of CAs that EK certificates chain to."))
-    attest_interval_s: float = field(default=3600.0, metadata=_doc("Period of the node's self-attestation.",
-                                                                   minimum=1.0))
-    quote_max_age_s: float = field(default=86400.0, metadata=_doc(
+        "TPM TCTI (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, `tabrmd`); empty: `/dev/tpmrm0` if"
+        " present, else a software key (trust capped at level 2); `none`: always the software key."))
+    ek_kind: str = field(default="rsa2048", metadata=_doc(
+        "Which endorsement key to use.", choices=("rsa2048", "ecc256", "ecc384")))
+    ek_ca_bundle: str = field(default="", metadata=_doc(
+        "PEM bundle of the CAs that EK certificates (this node's and agents') must chain to."))
+    enrolled_ek_ids: str = field(default="", metadata=_doc(
+        "Comma-separated `sha256:<hex>` ids of EKs trusted without a certificate."))
+    pcr_selection: str = field(default="sha256:0-7", metadata=_doc("PCRs quoted, as `bank:list`."))
+    event_log: str = field(default="", metadata=_doc(
+        "Measured-boot event log replayed against the quoted PCRs (e.g. the kernel's binary_bios_measurements)."))
+    require_tpm: bool = field(default=False, metadata=_doc("Refuse to start without a TPM."))
+    attest_interval_s: float = field(default=300.0, metadata=_doc("Period of the node's self-attestation.",
+                                                                  minimum=1.0))
+    quote_max_age_s: float = field(default=900.0, metadata=_doc(
         "A level earned by a quote expires after this.", minimum=1.0))
 
 

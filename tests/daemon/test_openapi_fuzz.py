@@ -24,8 +24,11 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path, 
             time.sleep(0.1)
     token = (tmp_path / "state" / "admin.token").read_text().strip()
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or "st"
+    # Every check but positive_data_acceptance: a body can match the JSON schema and still not be a TPM
+    # structure or a known device command, and those are refused with a 4xx problem by design.
     result = subprocess.run(
         [st, "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}", "--checks", "all",
+         "--exclude-checks", "positive_data_acceptance",
          "--max-examples", "25", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600, check=False,
     )

@@ -1,0 +1,186 @@
+"""The node's trust in the daemon: its own attestation, and remote challenge/verify for agents and peers.
+
+``attestation`` does the TPM work and the pure verification; this module maps the ``[trust]`` config onto
+it, exposes ``/v1/attestation/*``, feeds ``/metrics`` and tells the rest of the daemon (status line, mDNS
+TXT) when the node's level changes. Without a TPM the node runs on a software key at level 2 and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from attestation import (
+    AttestationError,
+    AttesterIdentity,
+    EvidenceRefusedError,
+    NodeAttestationConfig,
+    NodeAttestor,
+    NodeTrust,
+    PcrSelection,
+    TrustLevel,
+    Verifier,
+    VerifierPolicy,
+)
+from attestation.model import Evidence
+from daemon.api import principal, require_admin
+from daemon.config import Config
+from daemon.openapi import Routes, read_json
+from daemon.problems import PROBLEM_SCHEMA, Problem
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TPM_DEVICE = Path("/dev/tpmrm0")
+
+
+def attestation_config(config: Config) -> NodeAttestationConfig:
+    """``[trust]`` → the attestation package's settings; an empty ``tcti`` finds the kernel's TPM if any."""
+    trust = config.trust
+    tcti: str | None = trust.tcti or None
+    if tcti is None and DEFAULT_TPM_DEVICE.exists():
+        tcti = f"device:{DEFAULT_TPM_DEVICE}"
+    if tcti == "none":
+        tcti = None
+    return NodeAttestationConfig(
+        state_dir=config.node.state_dir / "attestation",
+        tcti=tcti,
+        ek_kind=trust.ek_kind,
+        ca_bundle=Path(trust.ek_ca_bundle) if trust.ek_ca_bundle else None,
+        enrolled_ek_ids=frozenset(i.strip() for i in trust.enrolled_ek_ids.split(",") if i.strip()),
+        pcr_selection=trust.pcr_selection,
+        event_log=Path(trust.event_log) if trust.event_log else None,
+        interval_s=trust.attest_interval_s,
+        max_quote_age_s=trust.quote_max_age_s,
+        require_tpm=trust.require_tpm,
+        node_id=config.node.id,
+    )
+
+
+def remote_verifier(node: NodeAttestor, config: Config, clock: Callable[[], float] = time.time) -> Verifier:
+    """The verifier for agents and peers: the node's own when it has a TPM, else one from config alone.
+
+    Verifying someone else's quote needs no TPM here, only the CA bundle (or enrolled EK ids): a node on a
+    software key still raises an attested agent to level 3.
+    """
+    if node.verifier is not None:
+        return node.verifier
+    trust = config.trust
+    ca = Path(trust.ek_ca_bundle).read_bytes() if trust.ek_ca_bundle else None
+    return Verifier(
+        VerifierPolicy(
+            pcr_selection=PcrSelection.parse(trust.pcr_selection),
+            ca_bundle=ca,
+            enrolled_ek_ids=frozenset(i.strip() for i in trust.enrolled_ek_ids.split(",") if i.strip()),
+            grant_ttl_s=trust.quote_max_age_s,
+        ),
+        verifier_id=config.node.id,
+        clock=clock,
+    )
+
+
+class TrustCollector(Collector):
+    """The node's trust gauges and the verifier's counters, read at scrape time."""
+
+    def __init__(self, node: NodeAttestor, verifier: Verifier) -> None:
+        self._node = node
+        self._verifier = verifier
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self._node.metrics().items():
+            family = GaugeMetricFamily(name.removesuffix("_total") if name.endswith("_total") else name,
+                                       f"node attestation: {name}")
+            family.add_metric([], value)
+            yield family
+        refusals = GaugeMetricFamily("mycoedge_attestation_remote",
+                                     "Verifier counters: accepted, refused_<reason>, pending challenges, subjects",
+                                     labels=["counter"])
+        for key, value in sorted(self._verifier.stats().items()):
+            refusals.add_metric([key], float(value))
+        yield refusals
+
+
+def trust_label(trust: NodeTrust) -> str:
+    """What status lines and mDNS TXT say: ``tpm:3`` or ``software:2``."""
+    return f"{trust.mode}:{int(trust.level)}"
+
+
+# ---- HTTP ------------------------------------------------------------------------------------------
+ATTESTOR_KEY: web.AppKey[NodeAttestor] = web.AppKey("attestor", NodeAttestor)
+VERIFIER_KEY: web.AppKey[Verifier] = web.AppKey("verifier", Verifier)
+routes = Routes(tag="attestation")
+
+_OBJECT: dict[str, Any] = {"type": "object"}
+_CHALLENGE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ak_public": {"type": "string"}, "ek_public": {"type": "string"},
+                   "ek_certificate": {"type": ["string", "null"]}},
+}
+_GRANT: dict[str, Any] = {
+    "type": "object",
+    "required": ["subject", "level", "expires_at"],
+    "properties": {"subject": {"type": "string"}, "level": {"type": "integer"}, "expires_at": {"type": "number"},
+                   "level_name": {"type": "string"}},
+}
+
+
+def _refused(exc: AttestationError) -> Problem:
+    status = 403 if isinstance(exc, EvidenceRefusedError) else 422
+    return Problem(status, str(exc), kind=f"attestation-{exc.reason.replace('_', '-')}", reason=exc.reason)
+
+
+@routes.get("/v1/attestation/node", summary="The node's own trust: mode, level, expiry, reason",
+            auth="agent", responses={200: _OBJECT})
+async def node_trust(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ATTESTOR_KEY].trust.to_json())
+
+
+@routes.get("/v1/attestation/describe", summary="EK certificate chain, AK, PCRs and a fresh quote verified here",
+            auth="admin", responses={200: _OBJECT})
+async def describe(request: web.Request) -> web.Response:
+    require_admin(request)
+    try:
+        body = await request.app[ATTESTOR_KEY].describe()
+    except AttestationError as exc:
+        raise Problem(503, f"attestation failed: {exc}", kind="attestation-unavailable", reason=exc.reason) from None
+    return web.json_response(body)
+
+
+@routes.post("/v1/attestation/challenge", summary="A nonce (and a credential for the AK/EK given) to quote over",
+             auth="agent", request=_CHALLENGE_REQUEST, responses={200: _OBJECT, 403: PROBLEM_SCHEMA})
+async def challenge(request: web.Request) -> web.Response:
+    who = principal(request)
+    body = await read_json(request)
+    verifier = request.app[VERIFIER_KEY]
+    try:
+        identity = AttesterIdentity.from_json(body) if body.get("ak_public") else None
+        issued = verifier.issue_challenge(who.id, identity)
+    except AttestationError as exc:
+        raise _refused(exc) from None
+    return web.json_response(issued.to_json())
+
+
+@routes.post("/v1/attestation/verify", summary="Quote, signature, PCRs and activation proof → level 3 until expiry",
+             auth="agent", request=_OBJECT, responses={200: _GRANT, 403: PROBLEM_SCHEMA})
+async def verify(request: web.Request) -> web.Response:
+    who = principal(request)
+    body = await read_json(request)
+    verifier = request.app[VERIFIER_KEY]
+    try:
+        grant = verifier.verify(who.id, Evidence.from_json(body))
+    except AttestationError as exc:
+        log.info("attestation of %s refused: %s", who.id, exc.reason)
+        raise _refused(exc) from None
+    log.info("attestation of %s accepted: level %d until %.0f", who.id, grant.level, grant.expires_at)
+    return web.json_response(grant.to_json())
+
+
+def attested_level(verifier: Verifier, subject: str) -> TrustLevel:
+    """The level a subject currently holds through attestation (0 when none or expired)."""
+    return verifier.level(subject)

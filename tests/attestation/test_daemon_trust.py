@@ -1,0 +1,106 @@
+"""Attestation through the whole daemon: the node reaches level 3 on swtpm; an agent earns it over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from attestation import Attester, Challenge
+from attestation.swtpm import Swtpm
+from daemon import app as app_mod
+from daemon import config as config_mod
+from daemon.mosquitto import free_port
+from daemon.sdnotify import Notifier
+
+
+@pytest.fixture
+async def node(tmp_path: Path, swtpm_a: Swtpm) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    port = free_port()
+    cfg = config_mod.from_mapping({
+        "node": {"id": "trusty", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
+        "api": {"listen": f"127.0.0.1:{port}"},
+        "mqtt": {"enabled": False},
+        "discovery": {"mdns": False},
+        "trust": {"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
+    })
+    stop = asyncio.Event()
+    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(500):
+            try:
+                async with session.get(url + "/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.02)
+    try:
+        yield url, {"Authorization": f"Bearer {cfg.admin_token_path.read_text().strip()}"}
+    finally:
+        stop.set()
+        assert await task == 0
+
+
+async def test_node_reaches_level_3_and_an_agent_earns_it_over_http(
+    node: tuple[str, dict[str, str]], swtpm_b: Swtpm
+) -> None:
+    url, headers = node
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(url + "/v1/attestation/node") as resp:
+            trust = await resp.json()
+        assert (trust["trust"], trust["level"]) == ("tpm", 3), trust
+        async with session.get(url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert "mycoedge_trust_level 3.0" in metrics
+
+        async with Attester(swtpm_b.tcti) as agent:
+            identity = (await agent.identity()).to_json()
+            async with session.post(url + "/v1/attestation/challenge", json=identity) as resp:
+                assert resp.status == 200, await resp.text()
+                challenge = Challenge.from_json(await resp.json())
+            evidence: dict[str, Any] = (await agent.respond(challenge)).to_json()
+        async with session.post(url + "/v1/attestation/verify", json=evidence) as resp:
+            assert resp.status == 200, await resp.text()
+            grant = await resp.json()
+        assert grant["level"] == 3 and grant["expires_at"] > 0
+        # The same evidence again is a replay, refused with its own reason.
+        async with session.post(url + "/v1/attestation/verify", json=evidence) as resp:
+            assert resp.status == 403
+            problem = await resp.json(content_type=None)
+        assert problem["reason"] == "nonce_replayed"
+        async with session.get(url + "/metrics") as resp:
+            metrics = await resp.text()
+        # The node's own self-attestation goes through the same verifier, hence "at least one" accepted.
+        assert 'mycoedge_attestation_remote{counter="refused_nonce_replayed"} 1.0' in metrics
+        assert 'mycoedge_attestation_remote{counter="accepted"} 0.0' not in metrics
+
+
+async def test_without_a_tpm_the_node_says_software_at_level_2(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = config_mod.from_mapping({
+        "node": {"id": "soft", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
+        "api": {"listen": f"127.0.0.1:{port}"}, "mqtt": {"enabled": False}, "discovery": {"mdns": False},
+        "trust": {"tcti": "none"},
+    })
+    stop = asyncio.Event()
+    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(500):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        text = await resp.text()
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.02)
+        assert "mycoedge_trust_level 2.0" in text
+        assert "mycoedge_trust_software 1.0" in text
+    finally:
+        stop.set()
+        await task
