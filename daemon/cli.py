@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=None, help="state directory (default ~/.local/state/mycoedge-demo)")
     demo.add_argument("--api-port", type=int, default=8787, help="HTTP API port on 127.0.0.1 (0 = any free)")
     demo.add_argument("--boards", type=int, default=2, help="simulated MycoBrain boards to start")
+    attest = verbs.add_parser("attest", help="EK certificate chain, AK, PCRs and a fresh quote verified locally")
+    _add_config_arg(attest)
     return parser
 
 
@@ -67,6 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.setup(loaded.logging.level, as_json=loaded.logging.json)
         return asyncio.run(app.run(loaded))
+    if args.verb == "attest":
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EX_CONFIG
+        from daemon import attest_cli
+
+        return attest_cli.main(loaded)
     if args.verb == "demo":
         from daemon import demo
 

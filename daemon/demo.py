@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -69,6 +70,24 @@ def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[st
     return devices
 
 
+def _start_swtpm(children: ExitStack, tpmdir: Path, raw: dict[str, Any]) -> str:
+    """A software TPM (swtpm) with EK certificates from its own local CA, if swtpm is installed."""
+    if shutil.which("swtpm") is None or shutil.which("swtpm_setup") is None:
+        raw["trust"] = {"tcti": "none"}
+        return "software key, level 2 (install swtpm swtpm-tools for a simulated TPM)"
+    from attestation.swtpm import Swtpm, ensure_provisioned
+
+    try:
+        state = ensure_provisioned(tpmdir / "state", tpmdir / "ca")
+        tpm = Swtpm(state).start()
+    except Exception as exc:  # the demo still runs, on the software key
+        raw["trust"] = {"tcti": "none"}
+        return f"software key, level 2 (swtpm did not start: {exc})"
+    children.callback(tpm.stop)
+    raw["trust"] = {"tcti": tpm.tcti, "ek_ca_bundle": str(tpm.ca_bundle)}
+    return f"swtpm {tpm.tcti} (EK certificates from {tpm.ca_bundle})"
+
+
 def _stop_child(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -106,6 +125,7 @@ def main(args: argparse.Namespace) -> int:
             broker_line = f"mqtt://{broker.host}:{broker.port}  (try: mosquitto_sub -p {broker.port} -t '#' -v)"
         except BrokerProcessError as exc:
             broker_line = f"off ({exc})"
+        trust_line = _start_swtpm(children, workdir / "tpm", raw)
         config = config_mod.from_mapping(raw)
         token = app.ensure_admin_token(config.admin_token_path)
         print("mycoedge demo")
@@ -114,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  broker  {broker_line}")
         print(f"  token   {config.admin_token_path}  (Authorization: Bearer {token[:6]}...)")
         print(f"  state   {config.node.state_dir}")
+        print(f"  trust   {trust_line}")
         for device in devices:
             print(f"  device  {device['kind']} on {device['port']} (simulated)")
         print("  Ctrl-C stops everything the demo started.", flush=True)
