@@ -41,6 +41,11 @@ from daemon.openapi import Routes
 from daemon.store import Store
 from daemon.trust import GateRefused, Gates, JwtVerifier, TrustBook, TrustError
 
+try:  # imported here, not in the constructor: the SDK takes most of a second to import
+    from daemon.hub.mcp import McpBridge
+except ImportError:  # pragma: no cover - the mcp SDK is an optional dependency
+    McpBridge = None  # type: ignore[assignment,misc]
+
 __all__ = ["Caller", "Hub", "HubTokenResolver", "MosquittoFiles"]
 
 log = logging.getLogger(__name__)
@@ -131,14 +136,10 @@ class Hub:
                            anomaly=self.anomaly, limits=output_limits or OutputLimits(), clock=clock)
         self.pools.set_sensitive_level(self.gates.needed("read_sensitive"))
         self.token_resolver = HubTokenResolver(self)
-        self.mcp: Any = None
-        if mcp:
-            try:
-                from daemon.hub.mcp import McpBridge  # noqa: PLC0415 - the mcp SDK is an optional dependency
-            except ImportError:
-                log.warning("the mcp package is not installed: /mcp is not served")
-            else:
-                self.mcp = McpBridge(self)
+        self.mcp: Any = None  # the McpBridge, built off the loop when the hub is entered
+        self.mcp_enabled = mcp and McpBridge is not None
+        if mcp and McpBridge is None:
+            log.warning("the mcp package is not installed: /mcp is not served")
         metrics = metrics if metrics is not None else CollectorRegistry()
         self._m_messages = Counter("mycoedge_hub_messages", "Messages routed by outcome", ["outcome"],
                                    registry=metrics)
@@ -171,10 +172,13 @@ class Hub:
             await self.db.close()
             raise
         self.registry.on_liveness(self._liveness_changed)
-        if self.mcp is not None:
+        if self.mcp_enabled:
             try:
+                # Building the MCP server (pydantic models for every tool) takes tens of ms: not on the loop.
+                self.mcp = await asyncio.to_thread(McpBridge, self)
                 await self.mcp.__aenter__()
             except BaseException:
+                self.mcp = None
                 await self.db.close()
                 raise
         self._open = True
@@ -192,7 +196,8 @@ class Hub:
         self._tasks = []
         try:
             if self.mcp is not None:
-                await self.mcp.__aexit__(None, None, None)
+                mcp_bridge, self.mcp = self.mcp, None
+                await mcp_bridge.__aexit__(None, None, None)
             await self._flush_audit()
         finally:
             await self.db.close()

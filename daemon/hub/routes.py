@@ -436,11 +436,13 @@ def build_routes(hub: Hub) -> list[Routes]:
         })
 
     tables = [agents, messages, handoffs, pools, policies]
-    if hub.mcp is not None:
+    if hub.mcp_enabled:
         mcp = Routes(tag="mcp")
-        bridge = hub.mcp
 
         async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
+            bridge = hub.mcp
+            if bridge is None:
+                raise Problem(503, "the MCP endpoint is not running", kind="mcp-unavailable")
             return await bridge.handle(request, principal(request))  # type: ignore[no-any-return]
 
         for method in ("POST", "GET", "DELETE"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.hub.broker_auth import password_hash
 from tests.hub.conftest import BASE, HubNode, mqtt_agent
@@ -62,6 +65,43 @@ async def test_agent_cannot_read_another_inbox_or_publish_as_it(node: HubNode) -
                         leaked.append(message.topic)
         assert leaked == []
         assert node.hub.router.delivered == 1
+
+
+def _publish_reason(port: int, creds: dict[str, Any], topic: str) -> int:
+    """The PUBACK reason code the broker gives this agent for a QoS 1 publish (paho, own thread, joined)."""
+    mq = creds["credentials"]["mqtt"]
+    done = threading.Event()
+    codes: list[int] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mq["username"], protocol=mqtt.MQTTv5)
+    client.username_pw_set(mq["username"], mq["password"])
+
+    def on_publish(_c: mqtt.Client, _u: Any, _mid: int, rc: Any, _p: Any) -> None:
+        codes.append(rc.value)
+        done.set()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, b"{}", qos=1)
+        assert done.wait(5), "no PUBACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+async def test_broker_refuses_publishing_on_another_agents_topics(node: HubNode) -> None:
+    a = await node.register("agent-a")
+    await node.register("agent-b")
+    async with mqtt_agent(node, a):
+        pass  # the credentials are live once a connect succeeds
+    # MQTT 5 PUBACK 0x87 "Not authorized" (MQTT 5.0 section 3.4.2.1) for B's outbox, status and inbox.
+    for leaf in ("outbox", "status", "inbox"):
+        assert await asyncio.to_thread(_publish_reason, node.broker_proc.port, a,
+                                       f"{BASE}/agents/agent-b/{leaf}") == 0x87
+    # Its own outbox is accepted (0x10 "No matching subscribers" is a success code, 0x00 too).
+    assert await asyncio.to_thread(_publish_reason, node.broker_proc.port, a, f"{BASE}/agents/agent-a/outbox") < 0x80
 
 
 async def test_wrong_password_is_refused_by_the_broker(node: HubNode) -> None:

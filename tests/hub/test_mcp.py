@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,8 +14,10 @@ from tests.hub.conftest import HubNode
 
 
 async def _call(node: HubNode, token: str, tool: str, args: dict[str, Any]) -> tuple[bool, Any]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=10) as http, \
-            streamable_http_client(node.base + "/mcp", http_client=http) as streams, \
+    # Plain HTTP on loopback: no TLS context to build (loading CA bundles would block the loop).
+    http = await asyncio.to_thread(httpx2.AsyncClient, headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                                   verify=False)
+    async with http, streamable_http_client(node.base + "/mcp", http_client=http) as streams, \
             ClientSession(streams[0], streams[1]) as session:
         await session.initialize()
         result = await session.call_tool(tool, args)
