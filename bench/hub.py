@@ -277,6 +277,9 @@ async def in_process(args: argparse.Namespace, tmp: Path) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    if args.only == "in-process":
+        await in_process(args, tmp)
+        return
     broker, _files = broker_setup(tmp)
     broker.start()
     child: subprocess.Popen[str] | None = None
@@ -301,7 +304,8 @@ async def main(args: argparse.Namespace) -> None:
         child.stdin.close()
         print("hub process counters:", (await asyncio.to_thread(child.stdout.readline)).strip())
         child.wait(timeout=10)
-        await in_process(args, tmp)
+        if args.only is None:
+            await in_process(args, tmp)
     finally:
         if child is not None and child.poll() is None:
             child.terminate()
@@ -318,6 +322,7 @@ if __name__ == "__main__":
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--only", choices=["messaging", "in-process"], help="run one half of the bench")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--broker-pid", type=int, help=argparse.SUPPRESS)
