@@ -216,3 +216,26 @@ async def test_registration_over_mqtt(node: HubNode) -> None:
     assert body["ok"] and body["agent"]["id"] == "gpt-1"
     async with mqtt_agent(node, body) as c:
         await c.publish(f"{BASE}/agents/gpt-1/status", "online", qos=1)
+
+
+async def test_device_command_gate_capability_trust_and_policy(node: HubNode) -> None:
+    from daemon.api import Principal
+    from daemon.hub.errors import Forbidden
+
+    await node.register("op-1", type="HUMAN")
+    await node.register("pipe-9", type="CUSTOM_PIPELINE")
+    human = Principal(kind="agent", id="op-1", trust_level=1)
+    pipeline = Principal(kind="agent", id="pipe-9", trust_level=1)
+    with pytest.raises(Forbidden, match="trust level"):
+        await node.hub.authorize_device_command(human, "brain-1", "led")  # level 1 < device.command 2
+    node.trust.grant("op-1", 2, expires_at=None, basis="test")
+    node.trust.grant("pipe-9", 5, expires_at=None, basis="test")
+    await node.hub.authorize_device_command(human, "brain-1", "led")
+    with pytest.raises(Forbidden, match="DEVICE_COMMAND"):
+        await node.hub.authorize_device_command(pipeline, "brain-1", "led")
+    rule = {"id": "no-buzzer", "effect": "deny", "scope": "device", "priority": 1,
+            "conditions": [{"field": "device.cmd", "operator": "in", "value": ["buzzer", "reboot"]}]}
+    assert (await node.call("POST", "/v1/policies", json=rule))[0] == 201
+    with pytest.raises(Forbidden, match="no-buzzer"):
+        await node.hub.authorize_device_command(human, "brain-1", "buzzer")
+    await node.hub.authorize_device_command(human, "brain-1", "led")
