@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
 
 from attestation import NodeAttestor, NodeTrust
-from daemon import __version__, attest, devices
+from daemon import __version__, attest, devices, http_sync
 from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
 from daemon.config import Config, parse_listen
 from daemon.devices import FLEET_KEY, DeviceFleet
@@ -32,6 +32,8 @@ from daemon.openapi import Routes
 from daemon.sdnotify import Notifier
 from daemon.store import Ed25519Signer, Store
 from daemon.store.signing import load_encryption_key, write_secret_file
+from daemon.sync.wiring import worker_from_config
+from daemon.sync.worker import SyncWorker
 from drivers.announce import AnnounceError, NodeAnnouncer
 from drivers.hotplug import HotplugSource, PyudevSource
 
@@ -75,6 +77,7 @@ class Node:
     trust_label: str = "software"
     announcer: NodeAnnouncer | None = None
     attestor: NodeAttestor | None = None
+    sync: SyncWorker | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -174,6 +177,11 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
         broker.on_state(follow)
 
+    sync_worker = worker_from_config(store, config.sync, node_id=config.node.id, registry=node.registry)
+    if sync_worker is not None:
+        node.sync = await stack.enter_async_context(sync_worker)
+        node.status_parts.append(lambda: "sync on")
+
     def trust_changed(trust: NodeTrust) -> None:
         node.trust_label = attest.trust_label(trust)
         announcer = node.announcer
@@ -217,7 +225,8 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         resolvers=[AdminTokenResolver(admin_token)],
         readiness=readiness,
         registry=node.registry,
-        state={FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor, attest.VERIFIER_KEY: verifier},
+        state={FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor, attest.VERIFIER_KEY: verifier,
+               **({http_sync.SYNC_KEY: node.sync} if node.sync is not None else {})},
     )
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
@@ -273,7 +282,7 @@ async def _announce(node: Node) -> None:
 
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
-    return [devices.routes, attest.routes]
+    return [devices.routes, attest.routes, http_sync.routes]
 
 
 def _open_store(config: Config) -> Store:

@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=None, help="state directory (default ~/.local/state/mycoedge-demo)")
     demo.add_argument("--api-port", type=int, default=8787, help="HTTP API port on 127.0.0.1 (0 = any free)")
     demo.add_argument("--boards", type=int, default=2, help="simulated MycoBrain boards to start")
+    sync = verbs.add_parser("sync", help="uplink status, or sync now with a progress bar")
+    _add_config_arg(sync)
+    from daemon.sync import cli as sync_cli
+
+    sync_cli.add_arguments(sync, default_url="")
+
+    upstream = verbs.add_parser("upstream", add_help=False,
+                                help="the reference upstream ingest server (see `mycoedge upstream --help`)")
+    upstream.add_argument("upstream_args", nargs=argparse.REMAINDER)
+
     attest = verbs.add_parser("attest", help="EK certificate chain, AK, PCRs and a fresh quote verified locally")
     _add_config_arg(attest)
     return parser
@@ -54,6 +64,17 @@ def _load_or_report(path: Path | None) -> config_mod.Config | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["upstream"]:
+        # The upstream server has its own parser; argparse's REMAINDER would swallow neither --help nor flags.
+        from daemon.upstream.server import main as upstream_main
+
+        return upstream_main(argv[1:])
+    if argv[:1] == ["sync"] and "--config" in argv[2:]:
+        # Accept `mycoedge sync status --config F` as well as `mycoedge sync --config F status`.
+        at = argv.index("--config", 1)
+        argv[1:1] = argv[at:at + 2]
+        del argv[at + 2:at + 4]
     args = build_parser().parse_args(argv)
     if args.verb == "config":
         loaded = _load_or_report(args.config)
@@ -69,6 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logs.setup(loaded.logging.level, as_json=loaded.logging.json)
         return asyncio.run(app.run(loaded))
+    if args.verb == "sync":
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EX_CONFIG
+        from daemon.sync import cli as sync_cli
+
+        if not args.url:
+            host, port = config_mod.parse_listen(loaded.api.listen) if loaded.api.listen else ("127.0.0.1", 8787)
+            args.url = f"http://{host}:{port}"
+        if not args.token and args.token_file is None:
+            args.token_file = loaded.admin_token_path
+        return sync_cli.run_args(args)
     if args.verb == "attest":
         loaded = _load_or_report(args.config)
         if loaded is None:

@@ -128,6 +128,12 @@ class SyncConfig:
         "Disk cap of the spool; telemetry is dropped oldest-first beyond it.", minimum=1024))
     telemetry_max_age_s: float = field(default=7 * 86400.0, metadata=_doc(
         "Telemetry older than this is dropped unsent (counted).", minimum=1.0))
+    events_max_age_s: float = field(default=30 * 86400.0, metadata=_doc(
+        "Device events older than this are dropped unsent (counted).", minimum=1.0))
+    ca_file: str = field(default="", metadata=_doc("PEM CA bundle for the upstream's TLS (empty: system CAs)."))
+    request_timeout_s: float = field(default=30.0, metadata=_doc("Timeout of one upstream request.", minimum=0.1))
+    backoff_initial_s: float = field(default=1.0, metadata=_doc("First retry delay after a failure.", minimum=0.01))
+    backoff_max_s: float = field(default=300.0, metadata=_doc("Cap of the jittered retry backoff.", minimum=0.1))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon import app, logs
 from daemon import config as config_mod
-from daemon.mosquitto import BrokerProcessError, MosquittoProcess, free_port
+from daemon.mosquitto import BrokerProcessError, MosquittoProcess, free_port, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,22 @@ def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[st
     while time.monotonic() < deadline and not all(Path(d["port"]).exists() for d in devices):
         time.sleep(0.05)
     return devices
+
+
+def _start_upstream(children: ExitStack, updir: Path, raw: dict[str, Any]) -> str:
+    """The reference upstream as a child process; the node syncs to it every 10 s."""
+    updir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "upstream", "--listen", f"127.0.0.1:{port}", "--db",
+         str(updir / "upstream.db")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(updir / "upstream.log").open("ab"),
+    )
+    children.callback(_stop_child, proc)
+    if not wait_for_port("127.0.0.1", port, 15):
+        return "off (the reference upstream did not start; see upstream.log)"
+    raw["sync"] = {"url": f"http://127.0.0.1:{port}", "interval_s": 10.0}
+    return f"http://127.0.0.1:{port} (reference upstream; try: mycoedge sync status)"
 
 
 def _start_swtpm(children: ExitStack, tpmdir: Path, raw: dict[str, Any]) -> str:
@@ -126,6 +142,7 @@ def main(args: argparse.Namespace) -> int:
         except BrokerProcessError as exc:
             broker_line = f"off ({exc})"
         trust_line = _start_swtpm(children, workdir / "tpm", raw)
+        upstream_line = _start_upstream(children, workdir / "upstream", raw)
         config = config_mod.from_mapping(raw)
         token = app.ensure_admin_token(config.admin_token_path)
         print("mycoedge demo")
@@ -135,6 +152,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  token   {config.admin_token_path}  (Authorization: Bearer {token[:6]}...)")
         print(f"  state   {config.node.state_dir}")
         print(f"  trust   {trust_line}")
+        print(f"  uplink  {upstream_line}")
         for device in devices:
             print(f"  device  {device['kind']} on {device['port']} (simulated)")
         print("  Ctrl-C stops everything the demo started.", flush=True)

@@ -59,3 +59,6 @@ def setup(level: str = "INFO", *, as_json: bool = False) -> None:
     # Third-party chatter stays out of INFO.
     for noisy in ("aiohttp.access", "aiomqtt", "zeroconf", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # aiomqtt's client logger ("mqtt") warns about queued publishes during telemetry bursts; that is flow
+    # control working, not a fault.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
