@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib
+import importlib.util
 import json
 import logging
 import time
@@ -40,11 +42,6 @@ from daemon.mqtt import BrokerLink
 from daemon.openapi import Routes
 from daemon.store import Store
 from daemon.trust import GateRefused, Gates, JwtVerifier, TrustBook, TrustError
-
-try:  # imported here, not in the constructor: the SDK takes most of a second to import
-    from daemon.hub.mcp import McpBridge
-except ImportError:  # pragma: no cover - the mcp SDK is an optional dependency
-    McpBridge = None  # type: ignore[assignment,misc]
 
 __all__ = ["Caller", "Hub", "HubTokenResolver", "MosquittoFiles"]
 
@@ -137,8 +134,9 @@ class Hub:
         self.pools.set_sensitive_level(self.gates.needed("read_sensitive"))
         self.token_resolver = HubTokenResolver(self)
         self.mcp: Any = None  # the McpBridge, built off the loop when the hub is entered
-        self.mcp_enabled = mcp and McpBridge is not None
-        if mcp and McpBridge is None:
+        # The mcp SDK is optional and takes most of a second to import: it is imported off the loop on entry.
+        self.mcp_enabled = mcp and importlib.util.find_spec("mcp") is not None
+        if mcp and not self.mcp_enabled:
             log.warning("the mcp package is not installed: /mcp is not served")
         metrics = metrics if metrics is not None else CollectorRegistry()
         self._m_messages = Counter("mycoedge_hub_messages", "Messages routed by outcome", ["outcome"],
@@ -175,7 +173,8 @@ class Hub:
         if self.mcp_enabled:
             try:
                 # Building the MCP server (pydantic models for every tool) takes tens of ms: not on the loop.
-                self.mcp = await asyncio.to_thread(McpBridge, self)
+                module = await asyncio.to_thread(importlib.import_module, "daemon.hub.mcp")
+                self.mcp = await asyncio.to_thread(module.McpBridge, self)
                 await self.mcp.__aenter__()
             except BaseException:
                 self.mcp = None
