@@ -1,8 +1,9 @@
 """HTTP routes of the uplink: ``GET /v1/sync/status`` and ``POST /v1/sync/run``.
 
 Mount with ``build_app(tables=[..., http_sync.routes], state={http_sync.SYNC_KEY: worker})``. Without a
-worker (no upstream configured) both answer 503 ``sync-disabled`` rather than 404, so a client can tell
-"not configured" from "wrong daemon".
+worker (no upstream configured) both answer 409 ``sync-disabled`` rather than 404, so a client can tell
+"not configured" from "wrong daemon": the request conflicts with the node's configuration, and it is not a
+server fault (a 5xx would page someone for a deliberate setting).
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ RUN_SCHEMA: dict[str, Any] = {
 def _worker(request: web.Request) -> SyncWorker:
     worker = request.app.get(SYNC_KEY)
     if worker is None:
-        raise Problem(503, "no upstream is configured (sync.url)", kind="sync-disabled")
+        raise Problem(409, "no upstream is configured (sync.url)", kind="sync-disabled")
     return worker
 
 
 @routes.get("/v1/sync/status", summary="Uplink state: spool fill, lag, drops, last success, next run",
             auth="admin", responses={200: STATUS_SCHEMA, 401: PROBLEM_SCHEMA, 403: PROBLEM_SCHEMA,
-                                     503: PROBLEM_SCHEMA})
+                                     409: PROBLEM_SCHEMA})
 async def sync_status(request: web.Request) -> web.Response:
     worker = _worker(request)
     with contextlib.suppress(SpoolError):  # a closing store: answer with the last known stats
@@ -85,7 +86,7 @@ async def sync_status(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sync/run", summary="Start a sync pass now (cuts backoff short; a Retry-After still holds)",
              auth="admin", responses={202: RUN_SCHEMA, 401: PROBLEM_SCHEMA, 403: PROBLEM_SCHEMA,
-                                      503: PROBLEM_SCHEMA})
+                                      409: PROBLEM_SCHEMA})
 async def sync_run(request: web.Request) -> web.Response:
     worker = _worker(request)
     with contextlib.suppress(SpoolError):  # so the answer counts what this run has to drain

@@ -102,9 +102,9 @@ async def test_cli_reports_a_wrong_token_in_one_line(node: Node) -> None:
     assert "HTTP 401" in err.getvalue() and len(err.getvalue().splitlines()) == 1
 
 
-async def test_routes_answer_503_without_a_worker() -> None:
+async def test_routes_answer_409_without_a_worker() -> None:
     app = build_app(tables=[http_sync.routes], resolvers=[AdminTokenResolver(ADMIN)], readiness=Readiness(),
                     registry=CollectorRegistry())
     async with ApiServer(app, listen=("127.0.0.1", 0), socket_path=None) as api:
         status, doc = await _get(f"http://127.0.0.1:{api.tcp_port}/v1/sync/status")
-    assert status == 503 and str(doc["type"]).endswith("sync-disabled")
+    assert status == 409 and str(doc["type"]).endswith("sync-disabled")
