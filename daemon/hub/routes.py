@@ -21,6 +21,7 @@ from daemon.hub.pools import Caller
 from daemon.hub.registry import AGENT_TYPES, CAPABILITIES, SCOPES
 from daemon.openapi import Routes, int_query, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
+from daemon.trust import TrustError
 
 if TYPE_CHECKING:
     from daemon.hub import Hub
@@ -118,6 +119,8 @@ def build_routes(hub: Hub) -> list[Routes]:
                     return await fn(request)
                 except HubError as exc:
                     raise _problem(exc) from None
+                except TrustError as exc:
+                    raise Problem(403, str(exc), kind="forbidden") from None
 
             return register(handler)
 
@@ -159,7 +162,8 @@ def build_routes(hub: Hub) -> list[Routes]:
     @guarded(agents.get("/v1/agents/{id}", summary="One agent", auth="agent", responses={200: OBJ, **ERRORS}))
     async def get_agent(request: web.Request) -> web.Response:
         c = caller(request)
-        hub.gates.check("registry.read", c.level) if not c.admin else None
+        await hub.authorize(c, scope="registry", operation="registry.read", gate="registry.read", capability=None,
+                            resource={}, audit_allow=False)
         agent = hub.registry.require(request.match_info["id"])
         data = hub.registry.describe(agent)
         data["trust_level"] = hub.trust.level(agent.id)
@@ -176,8 +180,8 @@ def build_routes(hub: Hub) -> list[Routes]:
     async def user_agents(request: web.Request) -> web.Response:
         c = caller(request)
         owner = request.match_info["id"]
-        if not c.admin:
-            hub.gates.check("registry.read", c.level)
+        await hub.authorize(c, scope="registry", operation="registry.read", gate="registry.read", capability=None,
+                            resource={"owner": owner}, audit_allow=False)
         return web.json_response({"owner": owner,
                                   "agents": [hub.registry.describe(a) for a in hub.registry.of_owner(owner)]})
 

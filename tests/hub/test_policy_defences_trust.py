@@ -239,3 +239,13 @@ async def test_device_command_gate_capability_trust_and_policy(node: HubNode) ->
     with pytest.raises(Forbidden, match="no-buzzer"):
         await node.hub.authorize_device_command(human, "brain-1", "buzzer")
     await node.hub.authorize_device_command(human, "brain-1", "led")
+
+
+async def test_trust_gates_are_configurable(node: HubNode) -> None:
+    reg = await node.register("agent-g")
+    tok = reg["credentials"]["api_token"]
+    assert (await node.call("GET", "/v1/agents/agent-g", token=tok))[0] == 200
+    node.hub.gates = Gates({"registry.read": 2})
+    for path in ("/v1/agents/agent-g", "/v1/agents", "/v1/users/alice/agents"):
+        status, body, _ = await node.call("GET", path, token=tok)
+        assert status == 403 and body["needed_level"] == 2, (path, body)
