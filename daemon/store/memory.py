@@ -175,7 +175,7 @@ class Memory:
         chunk_chars: int,
         chunk_overlap: int,
         clock: Callable[[], float],
-        vector_index: VectorIndex = "exact",
+        vector_index: VectorIndex = "ivf",
         binary_oversample: int = 10,
         ivf_probes: int = 16,
         ivf_train_at: int = 20_000,

@@ -90,11 +90,21 @@ def test_fts_query_neutralises_operators() -> None:
     assert fts_query('NEAR(a b) OR "x" AND -y*') == '"NEAR" OR "a" OR "b" OR "OR" OR "x" OR "AND" OR "y"'
 
 
-async def test_filters_apply_inside_vector_and_keyword_search(store: Store) -> None:
+@pytest.fixture(params=["ivf", "exact", "binary"])
+async def any_index_store(
+    request: pytest.FixtureRequest, tmp_path: Path, signer: Ed25519Signer
+) -> AsyncIterator[Store]:
+    async with Store(tmp_path / "x.db", signer=signer, embedding_dim=8, vector_index=request.param,
+                     ttl_sweep_s=0) as s:
+        yield s
+
+
+async def test_filters_apply_inside_vector_and_keyword_search(any_index_store: Store) -> None:
+    store = any_index_store
     ids = {}
     cases: list[tuple[str, str, str, list[float]]] = [
-        ("a1", "p1", "private", [1, 0, 0, 0]), ("a2", "p1", "public", [0.9, 0.1, 0, 0]),
-        ("a3", "p2", "pool", [0.8, 0.2, 0, 0]),
+        ("a1", "p1", "private", [1, 0, 0, 0, 0, 0, 0, 0]), ("a2", "p1", "public", [0.9, 0.1, 0, 0, 0, 0, 0, 0]),
+        ("a3", "p2", "pool", [0.8, 0.2, 0, 0, 0, 0, 0, 0]),
     ]
     for owner, pool, vis, vec in cases:
         item = await store.memory.create(owner_type="agent", owner_id=owner, pool=pool, visibility=vis,
@@ -103,15 +113,17 @@ async def test_filters_apply_inside_vector_and_keyword_search(store: Store) -> N
     # Closer distractors that the filter must exclude inside the KNN, not after a top-k.
     for i in range(50):
         await store.memory.create(
-            owner_type="agent", owner_id="noise", content=f"noise {i}", vector=[1, 0, 0, 0.001 * i]
+            owner_type="agent", owner_id="noise", content=f"noise {i}", vector=[1, 0, 0, 0.001 * i, 0, 0, 0, 0]
         )
-    only_a3 = await store.memory.search(vector=[1, 0, 0, 0], flt=MemoryFilter(owner_id="a3"), limit=1)
+    only_a3 = await store.memory.search(vector=[1, 0, 0, 0, 0, 0, 0, 0], flt=MemoryFilter(owner_id="a3"), limit=1)
     assert [h.item.id for h in only_a3] == [ids["a3"]]
-    in_p1 = await store.memory.search(vector=[1, 0, 0, 0], flt=MemoryFilter(pools=["p1"], visibility=["public"]))
+    in_p1 = await store.memory.search(
+        vector=[1, 0, 0, 0, 0, 0, 0, 0], flt=MemoryFilter(pools=["p1"], visibility=["public"])
+    )
     assert [h.item.id for h in in_p1] == [ids["a2"]]
     kw = await store.memory.search(text="fungal", flt=MemoryFilter(pools=["p2"]))
     assert [h.item.id for h in kw] == [ids["a3"]]
-    by_meta = await store.memory.search(vector=[1, 0, 0, 0], flt=MemoryFilter(metadata={"owner": "a2"}))
+    by_meta = await store.memory.search(vector=[1, 0, 0, 0, 0, 0, 0, 0], flt=MemoryFilter(metadata={"owner": "a2"}))
     assert [h.item.id for h in by_meta] == [ids["a2"]]
     listed = await store.memory.list_items(MemoryFilter(owner_id="a1"))
     assert [i.id for i in listed] == [ids["a1"]]
