@@ -238,7 +238,8 @@ async def test_binary_index_finds_neighbours_with_filters_and_reranks_exactly(
         assert hits[0].item.id == target.id and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
         own = await store.memory.search(vector=vec, flt=MemoryFilter(owner_id="a2"), limit=5)
         assert own and all(h.item.owner_id == "a2" for h in own)
-        assert [h.similarity for h in own] == sorted((h.similarity for h in own), reverse=True)
+        similarities = [h.similarity or 0.0 for h in own]
+        assert similarities == sorted(similarities, reverse=True)
         await store.memory.delete(target.id)
         assert target.id not in {h.item.id for h in await store.memory.search(vector=vec, limit=5)}
     with pytest.raises(Exception, match="vector_index"):
