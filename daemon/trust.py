@@ -91,8 +91,9 @@ class TrustBook:
                 self._grants[subject] = live
         return max([self._floor, *(g.level for g in live)])
 
-    def grant(self, subject: str, level: int, *, expires_at: float | None, basis: str) -> None:
-        """Raise ``subject`` to ``level`` until ``expires_at``; the attestation routes call this for 3..5."""
+    def grant(self, subject: str, level: int, expires_at: float | None = None, *, basis: str = "attestation") -> None:
+        """Raise ``subject`` to ``level`` until ``expires_at`` (None: until revoked); the attestation routes
+        call this for 3..5. A new grant on the same ``basis`` replaces the previous one."""
         if not 0 <= level <= int(TrustLevel.MULTI_PARTY_VERIFIED):
             raise TrustError(f"trust level must be 0..5, got {level}")
         with self._lock:
