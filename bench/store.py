@@ -245,7 +245,7 @@ def _exact_top10(table: str, probe: bytes, conn: sqlite3.Connection) -> list[str
 
 async def bench_search(
     tmp: Path, n: int, dim: int, *, index: str, vectors: list[bytes], truth: dict[int, tuple[list[str], float]],
-    probes_ivf: int = 16,
+    probes_ivf: int = 8,
 ) -> None:
     """``truth`` caches the exact top-10 (and the time the exact scan took) per probe across indexes."""
     corpus, probes = vectors[:n], vectors[n:]
@@ -316,7 +316,7 @@ async def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--vector-index", nargs="+", choices=["exact", "binary", "ivf"], default=["exact", "ivf"])
-    parser.add_argument("--ivf-probes", type=int, default=16)
+    parser.add_argument("--ivf-probes", type=int, default=8)
     parser.add_argument("--only", nargs="*", choices=["append", "latency", "verify", "search"])
     parser.add_argument("--dir", default=None, help="where to put the temporary databases")
     args = parser.parse_args()

@@ -64,7 +64,7 @@ class Store:
     (32 bytes, or a path to a 0600 key file), ``encrypt_blocks`` [True when a key is given],
     ``embedder`` [None = caller supplies vectors], ``embedding_dim`` [384], ``vector_index`` ["ivf": partitions by
     nearest centroid, exact until ``ivf_train_at`` vectors | "exact" | "binary": sign bits re-ranked],
-    ``binary_oversample`` [10], ``ivf_probes`` [16], ``ivf_train_at`` [20000], ``integrity_check``
+    ``binary_oversample`` [10], ``ivf_probes`` [8], ``ivf_train_at`` [20000], ``integrity_check``
     ["full" | "quick" | "off"], ``chunk_chars`` [1500], ``chunk_overlap`` [200], ``ttl_sweep_s`` [60],
     ``max_group`` [2048], ``clock`` [time.time].
     """
@@ -80,7 +80,7 @@ class Store:
         embedding_dim: int = 384,
         vector_index: Literal["exact", "binary", "ivf"] = "ivf",
         binary_oversample: int = 10,
-        ivf_probes: int = 16,
+        ivf_probes: int = 8,
         ivf_train_at: int = 20_000,
         integrity_check: IntegrityMode = "full",
         chunk_chars: int = 1500,

@@ -177,7 +177,7 @@ class Memory:
         clock: Callable[[], float],
         vector_index: VectorIndex = "ivf",
         binary_oversample: int = 10,
-        ivf_probes: int = 16,
+        ivf_probes: int = 8,
         ivf_train_at: int = 20_000,
     ) -> None:
         if vector_index not in ("exact", "binary", "ivf"):
