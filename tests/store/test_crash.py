@@ -30,7 +30,7 @@ def _run_and_kill(db: Path, key: Path, seed: int, rnd: random.Random) -> list[st
         # Wait for "ready" (bounded), then let it write for a random while before killing it.
         ready, _, _ = select.select([proc.stdout], [], [], 15)
         assert ready, "writer did not start"
-        time.sleep(rnd.uniform(0.0, 0.15))
+        time.sleep(rnd.uniform(0.0, 0.1))
         os.kill(proc.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=10)
     finally:
