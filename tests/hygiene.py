@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 # Callbacks slower than this fail the test. asyncio's debug mode reports anything over 0.1 s; we allow
-# more because CI shares two cores with helper processes (mosquitto, swtpm, stubs).
-BLOCKING_LIMIT_S = 0.25
+# more because CI shares two cores with helper processes (mosquitto, swtpm, stubs, the upstream): a
+# descheduled but innocent callback must not fail a test, and a real blocking call still shows.
+BLOCKING_LIMIT_S = 0.5
 
 _leaked_tasks: list[str] = []
 _slow_callbacks: list[str] = []

@@ -62,7 +62,7 @@ async def node(tmp_path: Path, mosquitto: MosquittoProcess) -> AsyncIterator[tup
             assert await task == 0
 
 
-async def _collect(client: aiomqtt.Client, predicate: Any, timeout: float = 10.0) -> aiomqtt.Message:
+async def _collect(client: aiomqtt.Client, predicate: Any, timeout: float = 30.0) -> aiomqtt.Message:
     async with asyncio.timeout(timeout):
         async for message in client.messages:
             if predicate(message):
@@ -90,7 +90,7 @@ async def test_board_telemetry_commands_state_and_discovery(
             await late.subscribe(f"{BASE}/devices/{BOARD}/state")
             await late.subscribe(f"homeassistant/sensor/e2e_{BOARD.replace('-', '_')}_bme688_a_temperature_c/config")
             seen: dict[str, Any] = {}
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(30):
                 async for message in late.messages:
                     seen[str(message.topic)] = json.loads(message.payload)  # type: ignore[arg-type]
                     if len(seen) == 2:
