@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -184,6 +185,7 @@ class Hub:
         self._tasks = [asyncio.create_task(self._sweeper(), name="hub-sweeper"),
                        asyncio.create_task(self._audit_writer(), name="hub-audit")]
         await self._subscribe_live()
+        self._no_delay()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -435,11 +437,20 @@ class Hub:
             return
         self.registry.set_mqtt_online(agent_id, state == "online")
 
+    def _no_delay(self) -> None:
+        """TCP_NODELAY on the link's socket: the hub forwards small messages one by one, and Nagle's
+        algorithm would hold each behind the broker's delayed ACK (~40 ms). BrokerLink takes no socket
+        options, so this reaches into aiomqtt/paho; it is an optimisation and fails silently."""
+        with contextlib.suppress(Exception):
+            sock: Any = self.broker._client._client.socket()  # type: ignore[union-attr]
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _liveness_changed(self, agent_id: str, online: bool) -> None:
         if online and self._open:
             self._spawn(self.router.flush(agent_id), name=f"hub-flush {agent_id}")
 
     async def _on_broker_connect(self) -> None:
+        self._no_delay()
         if not self._open:
             return
         for agent in self.registry.all():

@@ -120,7 +120,8 @@ def secured_broker(tmp_path: Path) -> Iterator[tuple[MosquittoProcess, Mosquitto
     files.acl_file.write_text(render_acl([], topic_base=BASE, service_users=[SERVICE_USER]))
     broker = MosquittoProcess(
         tmp_path / "mosquitto", allow_anonymous=False,
-        extra_config=f"password_file {files.password_file}\nacl_file {files.acl_file}\nuse_username_as_clientid true\n")
+        extra_config=f"password_file {files.password_file}\nacl_file {files.acl_file}\nuse_username_as_clientid true\n"
+                     "set_tcp_nodelay true\n")
     holder["b"] = broker
     broker.start()
     try:
