@@ -184,7 +184,7 @@ async def messaging(args: argparse.Namespace, tmp: Path, port: int, creds: dict[
         await c.publish(f"{BASE}/agents/c{i}/status", "online", qos=1, retain=True)
         clients.append(c)
     await asyncio.sleep(0.5)
-    per_agent = max(1, int(args.duration * 10))
+    per_agent = max(1, int(args.duration / args.agent_interval))
     lat: list[float] = []
     expected = args.agents * per_agent
 
@@ -200,7 +200,7 @@ async def messaging(args: argparse.Namespace, tmp: Path, port: int, creds: dict[
             await c.publish(f"{BASE}/agents/c{i}/outbox", json.dumps({
                 "id": f"c{i}-{k}", "from": f"c{i}", "to": f"c{(i + 1) % args.agents}", "type": "EVENT",
                 "ts": t, "body": {"t": t}}), qos=0)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(args.agent_interval)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(send(i, c) for i, c in enumerate(clients)))
@@ -210,7 +210,7 @@ async def messaging(args: argparse.Namespace, tmp: Path, port: int, creds: dict[
     for task in receivers:
         task.cancel()
     await asyncio.gather(*receivers, return_exceptions=True)
-    print(f"{args.agents} concurrent agents, {expected} msgs ({1 / 0.1:g} msg/s each) in "
+    print(f"{args.agents} concurrent agents, {expected} msgs ({1 / args.agent_interval:g} msg/s each) in "
           f"{time.perf_counter() - t0:.1f} s: delivered {len(lat)}  p50 {pct(lat, .5)*1e3:.3f} ms  "
           f"p99 {pct(lat, .99)*1e3:.3f} ms")
     for c in [*clients, a, b, sa, sb]:
@@ -344,6 +344,7 @@ if __name__ == "__main__":
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--agent-interval", type=float, default=0.1, help="seconds between one agent's messages")
     parser.add_argument("--only", choices=["messaging", "in-process"], help="run one half of the bench")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
