@@ -65,6 +65,19 @@ class HubTokenResolver:
         for enrol in self._hub.enrolment_tokens:
             if hmac.compare_digest(token.encode(), enrol.encode()):
                 return Principal(kind="enrolment", id="enrolment", trust_level=1)
+        if self._hub.jwt is not None and token.count(".") == 2:
+            # An identity-provider JWT naming a registered agent is a credential of its own (level 2); the
+            # level is recorded in the TrustBook, which stays the one place gates read levels from.
+            try:
+                subject, exp = self._hub.jwt.verify(token)
+            except TrustError:
+                return None
+            found = self._hub.registry.get(subject)
+            if found is None:
+                return None
+            self._hub.trust.grant(found.id, 2, expires_at=exp, basis="oauth")
+            return Principal(kind="agent", id=found.id, trust_level=self._hub.trust.level(found.id),
+                             capabilities=found.capabilities)
         return None
 
 

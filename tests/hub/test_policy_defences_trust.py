@@ -249,3 +249,16 @@ async def test_trust_gates_are_configurable(node: HubNode) -> None:
     for path in ("/v1/agents/agent-g", "/v1/agents", "/v1/users/alice/agents"):
         status, body, _ = await node.call("GET", path, token=tok)
         assert status == 403 and body["needed_level"] == 2, (path, body)
+
+
+async def test_a_jwt_is_itself_a_level_2_credential(node: HubNode) -> None:
+    key, jwks = _jwks()
+    node.hub.jwt = JwtVerifier(jwks, clock=node.clock)
+    await node.register("agent-k")
+    token = jwt.encode({"sub": "agent-k", "exp": int(time.time()) + 60}, key, algorithm="ES256",
+                       headers={"kid": "k1"})
+    status, body, _ = await node.call("POST", "/v1/memories/query", token=token, json={"text": "x"})
+    assert status == 200, body
+    stranger = jwt.encode({"sub": "nobody", "exp": int(time.time()) + 60}, key, algorithm="ES256",
+                          headers={"kid": "k1"})
+    assert (await node.call("GET", "/v1/agents", token=stranger))[0] == 401
