@@ -214,3 +214,22 @@ async def test_liveness_follows_status_and_last_will(node: HubNode) -> None:
                 break
             await asyncio.sleep(0.02)
     assert not node.hub.registry.mqtt_online("agent-b")
+
+
+async def test_queue_and_dead_letter_count_survive_a_restart(node: HubNode) -> None:
+    a = await node.register("agent-a")
+    b = await node.register("agent-b")
+    tok = a["credentials"]["api_token"]
+    await node.call("POST", "/v1/messages", token=tok, json={"to": "agent-b", "type": "EVENT", "ttl_s": 1, "body": 0})
+    await node.call("POST", "/v1/messages", token=tok, json={"to": "agent-b", "type": "EVENT", "body": "kept"})
+    node.clock.advance(5)
+    await node.hub.sweep()
+    await node.stop()
+    await node.start()
+    status, dead, _ = await node.call("GET", "/v1/messages/dead-letters")
+    assert status == 200 and dead["count"] == 1
+    async with mqtt_agent(node, b) as cb:
+        await cb.subscribe(f"{BASE}/agents/agent-b/inbox", qos=1)
+        await cb.publish(f"{BASE}/agents/agent-b/status", "online", qos=1, retain=True)
+        got = await _next(cb)
+    assert got["body"] == "kept" and got["from"] == "agent-a"
