@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.hub.registry import SCOPES
+from daemon.store.memory import MemoryFilter
 from tests.hub.conftest import HubNode
 
 PERMS = (None, "READ", "WRITE", "ADMIN")
@@ -57,6 +58,8 @@ async def test_isolation_matrix(node: HubNode) -> None:
         readers[reach] = (reg["agent"]["id"], reg["credentials"]["api_token"])
 
     cells = 0
+    allowed_writes = 0
+    allowed_deletes = 0
     mismatches: list[tuple[str, str, str | None, int, int]] = []
     for perm in PERMS:
         for rid, _ in readers.values():
@@ -83,6 +86,8 @@ async def test_isolation_matrix(node: HubNode) -> None:
                     status, answer, _ = await node.call(method, path, token=tok, json=body)
                     allowed = expected(op, reach, perm, level)
                     ok = status in (200, 201, 204)
+                    allowed_writes += int(allowed and op == "write_pool")
+                    allowed_deletes += int(allowed and op == "delete_owner_memory")
                     cells += 1
                     if ok != allowed or (not ok and status != 403):
                         mismatches.append((op, reach, perm, level, status))
@@ -95,6 +100,13 @@ async def test_isolation_matrix(node: HubNode) -> None:
                             assert RANK[item["scope"]] <= RANK[reach]
     assert cells == len(PERMS) * len(LEVELS) * len(SCOPES) * 6
     assert mismatches == []
+    # Zero unauthorised writes or deletes: the store holds exactly what the allowed cells wrote or left.
+    written = 0
+    for rid, _ in readers.values():
+        written += len(await node.hub.store.memory.list_items(MemoryFilter(owner_id=rid), limit=1000))
+    assert written == allowed_writes
+    victims = await node.hub.store.memory.list_items(MemoryFilter(owner_id="owner", scopes=["USER"]), limit=1000)
+    assert len(victims) == len(PERMS) * len(LEVELS) * len(SCOPES) - allowed_deletes
     await node.hub.audit_idle()
     denied = await node.hub.store.audit_list(kind="permission_denied", limit=100000)
     assert denied, "refusals are audited"
