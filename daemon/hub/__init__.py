@@ -387,7 +387,6 @@ class Hub:
         if agent is None:
             raise Forbidden(f"unknown sender {envelope.sender!r}")
         caller = Caller(agent.id, False, self.trust.level(agent.id), agent.capabilities, agent)
-        self.rate_limit(caller)
         broadcast = envelope.to == "*" or envelope.type == "BROADCAST"
         await self.authorize(
             caller, scope="message", operation="message.broadcast" if broadcast else "message.send",
@@ -420,6 +419,10 @@ class Hub:
                 self.audit("permission_denied", agent_id, "message.spoof", {"claimed": envelope.sender})
                 raise Forbidden(f"'from' must be {agent_id}")
             self.registry.seen(agent_id)
+            # HTTP callers are limited once per request by the routes; MQTT senders here, per message.
+            agent = self.registry.get(agent_id)
+            if agent is not None:
+                self.rate_limit(Caller(agent.id, False, 0, agent.capabilities, agent))
             await self.send(envelope, qos=message.qos)
         except HubError as exc:
             self._m_messages.labels(outcome="refused").inc()

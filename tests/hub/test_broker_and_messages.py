@@ -233,3 +233,20 @@ async def test_queue_and_dead_letter_count_survive_a_restart(node: HubNode) -> N
         await cb.publish(f"{BASE}/agents/agent-b/status", "online", qos=1, retain=True)
         got = await _next(cb)
     assert got["body"] == "kept" and got["from"] == "agent-a"
+
+
+async def test_mqtt_sender_over_its_rate_gets_an_ack_with_the_refusal(node: HubNode) -> None:
+    from daemon.hub.defences import RateLimiter
+
+    a = await node.register("agent-a")
+    await node.register("agent-b")
+    node.hub.agent_limits = RateLimiter(rate=0.01, burst=1)
+    async with mqtt_agent(node, a) as ca:
+        await ca.subscribe(f"{BASE}/agents/agent-a/inbox", qos=1)
+        for i in range(2):
+            await ca.publish(f"{BASE}/agents/agent-a/outbox", json.dumps(
+                {"id": f"r{i}", "from": "agent-a", "to": "agent-b", "type": "EVENT", "ts": 1.0, "body": i}), qos=1)
+        ack = await _next(ca)
+    assert ack["type"] == "ACK" and ack["correlation_id"] == "r1"
+    assert ack["body"]["error"] == "rate-limited" and ack["body"]["retry_after_s"] > 0
+    assert await node.hub.router.pending_count("agent-b") == 1
