@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -299,6 +300,13 @@ async def in_process(args: argparse.Namespace, tmp: Path) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    try:
+        await run_all(args, tmp)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, ignore_errors=True)
+
+
+async def run_all(args: argparse.Namespace, tmp: Path) -> None:
     if args.only == "in-process":
         await in_process(args, tmp)
         return
