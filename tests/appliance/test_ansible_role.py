@@ -9,6 +9,7 @@ that contract.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -28,6 +29,10 @@ from pathlib import Path
 import pytest
 
 from tests.appliance.conftest import REPO, SYSTEMD_DIR, VENV_BIN
+
+# The first test that uses the role pays for two applies (the first one installs the venv): more than the
+# suite's default per-test timeout, well under the 3 minutes that would make it a `slow` test.
+pytestmark = pytest.mark.timeout(600)
 
 ANSIBLE_DIR = REPO / "ansible"
 INSTALLED_UNIT = Path("/etc/systemd/system/mycoedge.service")
@@ -61,6 +66,14 @@ class Apply:
     recap: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    first: Apply
+    second: Apply
+    workdir: Path
+    source: Path
+
+
 def _tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -79,7 +92,7 @@ def _require_appliance_host() -> None:
         pytest.skip("ansible-core is not installed in the venv (pip install ansible-core ansible-lint)")
 
 
-def _apply(workdir: Path, source: Path) -> Apply:
+def _apply(workdir: Path, source: Path, *extra: str) -> Apply:
     inventory = workdir / "inventory.ini"
     result = subprocess.run(
         [
@@ -97,6 +110,7 @@ def _apply(workdir: Path, source: Path) -> Apply:
             f"mycoedge_credentials_dir={workdir / 'credentials'}",
             "-e",
             f"mycoedge_wheel_build_dir={workdir / 'wheel'}",
+            *extra,
         ],
         cwd=ANSIBLE_DIR,
         env=_tool_env(),
@@ -107,21 +121,30 @@ def _apply(workdir: Path, source: Path) -> Apply:
     )
     output = result.stdout + result.stderr
     match = _RECAP.search(result.stdout)
-    recap = {k: int(v) for k, v in match.groupdict().items() if k != "host"} if match else {}
+    # No recap line for localhost means the play matched no host: that is a failure, not "no change".
+    assert match and match.group("host") == "localhost", output[-4000:]
+    recap = {k: int(v) for k, v in match.groupdict().items() if k != "host"}
     return Apply(result.returncode, output, recap)
 
 
 @pytest.fixture(scope="module")
-def applied(tmp_path_factory: pytest.TempPathFactory) -> tuple[Apply, Apply]:
-    """Apply the role twice from one snapshot of the checkout (others may edit the tree meanwhile)."""
+def applied() -> Iterator[Applied]:
+    """Apply the role twice from one snapshot of the checkout (others may edit the tree meanwhile).
+
+    The work directory is not under pytest's basetemp: concurrent pytest sessions prune old basetemps,
+    and losing the inventory or the generated credentials between the two runs would fake a change.
+    """
     _require_appliance_host()
-    workdir = tmp_path_factory.mktemp("ansible")
-    source = workdir / "source"
-    shutil.copytree(REPO, source, ignore=_NOT_SOURCE, symlinks=True)
-    (workdir / "inventory.ini").write_text("[mycoedge]\nlocalhost ansible_connection=local ansible_become=false\n")
-    first = _apply(workdir, source)
-    second = _apply(workdir, source) if first.returncode == 0 else first
-    return first, second
+    workdir = Path(tempfile.mkdtemp(prefix="mycoedge-ansible-"))
+    try:
+        source = workdir / "source"
+        shutil.copytree(REPO, source, ignore=_NOT_SOURCE, symlinks=True)
+        (workdir / "inventory.ini").write_text("[mycoedge]\nlocalhost ansible_connection=local ansible_become=false\n")
+        first = _apply(workdir, source)
+        second = _apply(workdir, source) if first.returncode == 0 else first
+        yield Applied(first, second, workdir, source)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_role_passes_ansible_lint_production_profile() -> None:
@@ -140,17 +163,28 @@ def test_role_passes_ansible_lint_production_profile() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_first_apply_succeeds(applied: tuple[Apply, Apply]) -> None:
-    first, _ = applied
+def test_first_apply_succeeds(applied: Applied) -> None:
+    first = applied.first
     assert first.returncode == 0, first.output[-6000:]
     assert first.recap["failed"] == 0
     assert first.recap["unreachable"] == 0
 
 
-def test_second_apply_changes_nothing(applied: tuple[Apply, Apply]) -> None:
-    _, second = applied
+def test_second_apply_changes_nothing(applied: Applied) -> None:
+    second = applied.second
     assert second.returncode == 0, second.output[-6000:]
     assert second.recap["changed"] == 0, f"changed on the second run: {_changed_tasks(second.output)}"
+
+
+def test_a_config_change_notifies_only_the_daemons_restart(applied: Applied) -> None:
+    """--check with another API address: one template would change, and only mycoedge's restart is due."""
+    assert applied.first.returncode == 0
+    dry = _apply(applied.workdir, applied.source, "--check", "-e", "mycoedge_api_listen=127.0.0.1:9999")
+    assert dry.returncode == 0, dry.output[-6000:]
+    assert _changed_tasks(dry.output) == ["mycoedge : Write the main configuration file"]
+    handlers = [line for line in dry.output.splitlines() if line.startswith("RUNNING HANDLER")]
+    assert [h.split("[", 1)[1].rsplit("]", 1)[0] for h in handlers] == ["mycoedge : Restart mycoedge"]
+    assert 'listen = "127.0.0.1:8787"' in INSTALLED_CONFIG.read_text(), "check mode must not write"
 
 
 def _changed_tasks(output: str) -> list[str]:
@@ -165,8 +199,8 @@ def _changed_tasks(output: str) -> list[str]:
     return changed
 
 
-def test_installed_files_match_the_repository_and_keep_secrets_private(applied: tuple[Apply, Apply]) -> None:
-    assert applied[0].returncode == 0
+def test_installed_files_match_the_repository_and_keep_secrets_private(applied: Applied) -> None:
+    assert applied.first.returncode == 0
     assert INSTALLED_UNIT.read_text() == (SYSTEMD_DIR / "mycoedge.service").read_text()
     assert Path("/etc/udev/rules.d/99-mycoedge.rules").read_text() == (SYSTEMD_DIR / "99-mycoedge.rules").read_text()
     user = pwd.getpwnam("mycoedge")
@@ -220,9 +254,9 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
 
 
 @pytest.fixture
-def installed_broker(applied: tuple[Apply, Apply], tmp_path: Path) -> Iterator[int]:
+def installed_broker(applied: Applied, tmp_path: Path) -> Iterator[int]:
     """The installed Mosquitto configuration (auth, ACL) on a free loopback port, as a direct child."""
-    assert applied[0].returncode == 0
+    assert applied.first.returncode == 0
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed")
     port = _free_port()
@@ -341,10 +375,32 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+@pytest.fixture
+def fresh_state(applied: Applied) -> Iterator[tuple[Path, Path]]:
+    """An empty state and runtime directory owned by the service user.
+
+    The installed layout of /var/lib/mycoedge is checked above; the daemon itself starts on empty
+    directories so that a database left by an earlier build on a reused machine cannot decide the test.
+    """
+    assert applied.first.returncode == 0
+    user = pwd.getpwnam(_unit_value("User"))
+    base = Path(tempfile.mkdtemp(prefix="mycoedge-state-"))
+    base.chmod(0o755)
+    state, runtime = base / "state", base / "run"
+    for directory in (state, runtime):
+        directory.mkdir(mode=0o750)
+        os.chown(directory, user.pw_uid, user.pw_gid)
+    try:
+        yield state, runtime
+    finally:
+        shutil.rmtree(base)
+
+
 def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
-    installed_broker: int, notify_socket: NotifySocket, tmp_path: Path
+    installed_broker: int, notify_socket: NotifySocket, fresh_state: tuple[Path, Path], tmp_path: Path
 ) -> None:
     user = pwd.getpwnam(_unit_value("User"))
+    state, runtime = fresh_state
     api_port = _free_port()
     env = _service_env(
         user,
@@ -353,6 +409,10 @@ def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
         WATCHDOG_USEC="1000000",
         MYCOEDGE_API_LISTEN=f"127.0.0.1:{api_port}",
         MYCOEDGE_MQTT_PORT=str(installed_broker),
+        MYCOEDGE_NODE_STATE_DIR=str(state),
+        MYCOEDGE_NODE_RUNTIME_DIR=str(runtime),
+        STATE_DIRECTORY=str(state),
+        RUNTIME_DIRECTORY=str(runtime),
     )
     assert _seconds(_unit_value("WatchdogSec")) >= 10
     log = tmp_path / "daemon.log"
@@ -362,7 +422,8 @@ def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
         before_ready = notify_socket.messages(until="READY=1", timeout_s=min(start_limit, 60.0))
         assert any("READY=1" in m.splitlines() for m in before_ready), log.read_text()[-4000:]
         status, body = _get(f"http://127.0.0.1:{api_port}/readyz")
-        assert (status, body) == (200, '{"status": "ready"}') or (status == 200 and '"ready"' in body)
+        assert status == 200, body
+        assert json.loads(body)["status"] == "ready"
         pings = notify_socket.messages(until="WATCHDOG=1", timeout_s=3.0)
         assert any("WATCHDOG=1" in m.splitlines() for m in pings)
         daemon.send_signal(signal.SIGTERM)
@@ -370,14 +431,16 @@ def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
         assert any("STOPPING=1" in m.splitlines() for m in stopping)
         returncode = daemon.wait(timeout=_seconds(_unit_value("TimeoutStopSec")))
         assert returncode == 0, log.read_text()[-4000:]
+        # It connected with the installed password through the installed ACL (no anonymous access).
+        assert "mqtt connected" in log.read_text()
     finally:
         _stop(daemon)
 
 
 def test_installed_daemon_refuses_an_invalid_config_with_the_no_restart_status(
-    applied: tuple[Apply, Apply], tmp_path: Path
+    applied: Applied, tmp_path: Path
 ) -> None:
-    assert applied[0].returncode == 0
+    assert applied.first.returncode == 0
     user = pwd.getpwnam(_unit_value("User"))
     bad = Path(tempfile.mkdtemp(prefix="mycoedge-badconf-"))
     try:
