@@ -319,7 +319,7 @@ def notify_socket() -> Iterator[NotifySocket]:
 
 
 def _unit_value(key: str) -> str:
-    values = re.findall(rf"^{key}=(.*)$", INSTALLED_UNIT.read_text(), flags=re.MULTILINE)
+    values: list[str] = re.findall(rf"^{key}=(.*)$", INSTALLED_UNIT.read_text(), flags=re.MULTILINE)
     assert len(values) == 1, key
     return values[0].strip()
 
