@@ -273,6 +273,10 @@ class ApiServer:
                 self._socket_path.unlink()
 
     @property
+    def app(self) -> web.Application:
+        return self._app
+
+    @property
     def tcp_port(self) -> int | None:
         """The TCP port actually bound (useful with port 0)."""
         for site in self._runner.sites:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -20,20 +21,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
 
 from attestation import NodeAttestor, NodeTrust
 from daemon import __version__, attest, devices, http_sync
-from daemon.api import AdminTokenResolver, ApiServer, Readiness, build_app
-from daemon.config import Config, parse_listen
-from daemon.devices import FLEET_KEY, DeviceFleet
+from daemon.api import AdminTokenResolver, ApiServer, Principal, Readiness, TokenResolver, build_app
+from daemon.config import Config, parse_gates, parse_listen
+from daemon.devices import COMMAND_GATE_KEY, FLEET_KEY, CommandGate, DeviceFleet
+from daemon.hub import HUB_KEY, Hub
+from daemon.hub.broker_auth import MosquittoFiles
+from daemon.hub.errors import HubError
+from daemon.hub.routes import problem_for
 from daemon.mqtt import BrokerLink, BrokerState
 from daemon.openapi import Routes
+from daemon.problems import Problem
 from daemon.sdnotify import Notifier
 from daemon.store import Ed25519Signer, Store
 from daemon.store.signing import load_encryption_key, write_secret_file
 from daemon.sync.wiring import worker_from_config
 from daemon.sync.worker import SyncWorker
+from daemon.trust import TrustError
 from drivers.announce import AnnounceError, NodeAnnouncer
 from drivers.hotplug import HotplugSource, PyudevSource
 
@@ -78,6 +86,7 @@ class Node:
     announcer: NodeAnnouncer | None = None
     attestor: NodeAttestor | None = None
     sync: SyncWorker | None = None
+    hub: Hub | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -103,10 +112,12 @@ async def run(
     stop: asyncio.Event | None = None,
     notifier: Notifier | None = None,
     hotplug: HotplugSource | None = None,
+    on_ready: Callable[[Node], None] | None = None,
 ) -> int:
     """Run until ``stop`` is set (or SIGTERM/SIGINT); returns the process exit code.
 
-    ``hotplug`` replaces udev as the source of hot-plug events (tests feed a ``QueueSource``).
+    ``hotplug`` replaces udev as the source of hot-plug events (tests feed a ``QueueSource``); ``on_ready``
+    is called with the running node once READY=1 has been sent (tests and embedders look inside).
     """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -124,6 +135,8 @@ async def run(
     try:
         async with AsyncExitStack() as stack:
             await _start(node, stack)
+            if on_ready is not None:
+                on_ready(node)
             await stop.wait()
             log.info("stopping")
             notifier.stopping()
@@ -166,6 +179,9 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
             registry=node.registry,
         )
         broker = node.broker
+        # The hub and the fleet register their subscriptions before the first connect.
+        if config.hub.enabled:
+            node.hub = _build_hub(node, store)
         await stack.enter_async_context(broker)
         node.status_parts.append(lambda: f"mqtt {broker.state}")
 
@@ -176,6 +192,15 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
                 node.readiness.down("mqtt", f"{state}: {broker.last_error}" if broker.last_error else str(state))
 
         broker.on_state(follow)
+
+    if config.hub.enabled and node.hub is None:
+        node.hub = _build_hub(node, store)
+    if node.hub is not None:
+        hub = await stack.enter_async_context(node.hub)
+        node.status_parts.append(
+            lambda: f"agents {sum(1 for a in hub.registry.all() if hub.registry.online(a.id))}"
+            f"/{len(hub.registry.all())} online"
+        )
 
     sync_worker = worker_from_config(store, config.sync, node_id=config.node.id, registry=node.registry)
     if sync_worker is not None:
@@ -220,14 +245,19 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
 
     listen = parse_listen(config.api.listen) if config.api.listen else None
     socket_path = config.socket_path if config.api.unix_socket else None
-    app = build_app(
-        tables=route_tables(),
-        resolvers=[AdminTokenResolver(admin_token)],
-        readiness=readiness,
-        registry=node.registry,
-        state={FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor, attest.VERIFIER_KEY: verifier,
-               **({http_sync.SYNC_KEY: node.sync} if node.sync is not None else {})},
-    )
+    state: dict[web.AppKey[Any], Any] = {FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor,
+                                         attest.VERIFIER_KEY: verifier}
+    resolvers: list[TokenResolver] = [AdminTokenResolver(admin_token)]
+    tables = route_tables()
+    if node.sync is not None:
+        state[http_sync.SYNC_KEY] = node.sync
+    if node.hub is not None:
+        state[HUB_KEY] = node.hub
+        state[COMMAND_GATE_KEY] = _device_gate(node.hub)
+        state[attest.TRUST_BOOK_KEY] = node.hub.trust
+        resolvers.append(node.hub.token_resolver)
+        tables += node.hub.routes_tables()
+    app = build_app(tables=tables, resolvers=resolvers, readiness=readiness, registry=node.registry, state=state)
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
     log.info("API on %s", ", ".join(node.api.bound))
@@ -283,6 +313,56 @@ async def _announce(node: Node) -> None:
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
     return [devices.routes, attest.routes, http_sync.routes]
+
+
+def _device_gate(hub: Hub) -> CommandGate:
+    """An agent's device command passes the hub's capability check, trust gate and policy, or is refused."""
+
+    async def gate(who: Principal, device_id: str, command: str) -> None:
+        try:
+            await hub.authorize_device_command(who, device_id, command)
+        except HubError as exc:
+            raise problem_for(exc) from None
+        except TrustError as exc:
+            raise Problem(403, str(exc), kind="forbidden") from None
+
+    return gate
+
+
+def _build_hub(node: Node, store: Store) -> Hub:
+    """The agent hub from ``[hub]``; broker credentials are managed only when both files are configured."""
+    cfg = node.config.hub
+    files: MosquittoFiles | None = None
+    tokens = [t.strip() for t in cfg.enrolment_tokens.split(",") if t.strip()]
+    if cfg.mosquitto_password_file and cfg.mosquitto_acl_file:
+        files = MosquittoFiles(
+            password_file=Path(cfg.mosquitto_password_file),
+            acl_file=Path(cfg.mosquitto_acl_file),
+            pid=MosquittoFiles.pid_from_file(Path(cfg.mosquitto_pid_file)),
+            service_users={node.config.mqtt.username: node.config.mqtt.password} if node.config.mqtt.username else {},
+            enrolment_password=tokens[0] if tokens else None,
+        )
+    jwks = json.loads(Path(cfg.jwks_path).read_text()) if cfg.jwks_path else None
+    return Hub(
+        store=store,
+        broker=node.broker,
+        state_dir=node.config.node.state_dir,
+        topic_base=node.topic_base,
+        mosquitto_files=files,
+        trust_requirements=parse_gates(cfg.trust_gates) or None,
+        enrolment_tokens=tokens,
+        jwks=jwks,
+        jwt_issuer=cfg.jwt_issuer or None,
+        jwt_audience=cfg.jwt_audience or None,
+        agent_rate_per_s=cfg.agent_rate_per_s,
+        agent_burst=cfg.agent_burst,
+        session_rate_per_s=cfg.session_rate_per_s,
+        session_burst=cfg.session_burst,
+        heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+        audit_messages=cfg.audit_messages,
+        metrics=node.registry,
+        mcp=cfg.mcp,
+    )
 
 
 def _open_store(config: Config) -> Store:

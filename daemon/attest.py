@@ -34,6 +34,7 @@ from daemon.api import principal, require_admin
 from daemon.config import Config
 from daemon.openapi import Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
+from daemon.trust import TrustBook
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def trust_label(trust: NodeTrust) -> str:
 # ---- HTTP ------------------------------------------------------------------------------------------
 ATTESTOR_KEY: web.AppKey[NodeAttestor] = web.AppKey("attestor", NodeAttestor)
 VERIFIER_KEY: web.AppKey[Verifier] = web.AppKey("verifier", Verifier)
+TRUST_BOOK_KEY: web.AppKey[TrustBook] = web.AppKey("trust_book", TrustBook)
 routes = Routes(tag="attestation")
 
 _OBJECT: dict[str, Any] = {"type": "object"}
@@ -178,6 +180,10 @@ async def verify(request: web.Request) -> web.Response:
         log.info("attestation of %s refused: %s", who.id, exc.reason)
         raise _refused(exc) from None
     log.info("attestation of %s accepted: level %d until %.0f", who.id, grant.level, grant.expires_at)
+    book = request.app.get(TRUST_BOOK_KEY)
+    if book is not None:
+        # Every gate reads levels from the TrustBook: this is where an attested agent's level 3 takes effect.
+        book.grant(who.id, int(grant.level), grant.expires_at, basis="attestation")
     return web.json_response(grant.to_json())
 
 

@@ -160,6 +160,37 @@ class TrustConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HubConfig:
+    """The agent hub: registry, messages, handoffs, pools, policy, broker credentials and MCP."""
+
+    enabled: bool = field(default=True, metadata=_doc("Run the agent hub (agents, messages, handoffs, pools)."))
+    enrolment_tokens: str = field(default="", metadata=_doc(
+        "Comma-separated tokens that let an agent register itself (besides the admin token).", secret=True))
+    mosquitto_password_file: str = field(default="", metadata=_doc(
+        "Mosquitto `password_file` the hub writes agents' credentials to; empty: broker auth not managed."))
+    mosquitto_acl_file: str = field(default="", metadata=_doc(
+        "Mosquitto `acl_file` the hub writes per-agent topic rights to."))
+    mosquitto_pid_file: str = field(default="/run/mosquitto/mosquitto.pid", metadata=_doc(
+        "PID file of the broker, sent SIGHUP to reload the two files."))
+    jwks_path: str = field(default="", metadata=_doc(
+        "JWKS (JSON) of the MAS identity provider; a JWT verified against it earns trust level 2."))
+    jwt_issuer: str = field(default="", metadata=_doc("Expected JWT `iss` (empty: not checked)."))
+    jwt_audience: str = field(default="", metadata=_doc("Expected JWT `aud` (empty: not checked)."))
+    agent_rate_per_s: float = field(default=200.0, metadata=_doc("Requests per second per agent.", minimum=0.1))
+    agent_burst: float = field(default=400.0, metadata=_doc("Burst size per agent.", minimum=1.0))
+    session_rate_per_s: float = field(default=50.0, metadata=_doc("Requests per second per session.",
+                                                                   minimum=0.1))
+    session_burst: float = field(default=100.0, metadata=_doc("Burst size per session.", minimum=1.0))
+    heartbeat_timeout_s: float = field(default=90.0, metadata=_doc(
+        "An agent with no heartbeat for this long is offline.", minimum=1.0))
+    trust_gates: str = field(default="", metadata=_doc(
+        "Overrides of the trust level each operation needs, e.g. `read_sensitive=3,write_shared=4`."))
+    mcp: bool = field(default=True, metadata=_doc("Serve the hub's operations as MCP tools at `/mcp`."))
+    audit_messages: bool = field(default=False, metadata=_doc(
+        "Audit every delivered message (refusals and dead letters are always audited)."))
+
+
+@dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
     """mDNS announcement of the node and udev hot-plug of serial devices."""
 
@@ -190,6 +221,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -209,6 +241,7 @@ SECTIONS: dict[str, type[Any]] = {
     "store": StoreConfig,
     "sync": SyncConfig,
     "trust": TrustConfig,
+    "hub": HubConfig,
     "discovery": DiscoveryConfig,
     "logging": LoggingConfig,
 }
@@ -233,6 +266,17 @@ def parse_listen(value: str) -> tuple[str, int]:
         except ValueError:
             raise ValueError(f"host {host!r} is not an IP address or 'localhost'") from None
     return host, port
+
+
+def parse_gates(text: str) -> dict[str, int]:
+    """``name=level,...`` → ``{name: level}`` with levels 0..5 (ARCHITECTURE.md, "Trust")."""
+    gates: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, level = item.partition("=")
+        if not sep or not name.strip() or not level.strip().isdigit() or not 0 <= int(level) <= 5:
+            raise ValueError(f"expected name=level with level 0..5, got {item!r}")
+        gates[name.strip()] = int(level)
+    return gates
 
 
 def _field_type(cls: type[Any], f: dataclasses.Field[Any]) -> Any:
@@ -315,6 +359,11 @@ def _build_section(
     for key, f in known.items():
         if f.metadata.get("required") and key not in raw:
             problems.append((f"{name}.{key}", "is required"))
+    if name == "hub" and values.get("trust_gates"):
+        try:
+            parse_gates(values["trust_gates"])
+        except ValueError as exc:
+            problems.append(("hub.trust_gates", str(exc)))
     if name == "api" and "listen" in values and values["listen"]:
         try:
             parse_listen(values["listen"])

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from daemon.api import Principal, principal
 from daemon.config import DeviceConfig
 from daemon.mqtt import BrokerLink
 from daemon.openapi import Routes, read_json
@@ -511,6 +512,9 @@ def default_factories() -> dict[str, DeviceFactory]:
 
 # ---- HTTP ------------------------------------------------------------------------------------------
 FLEET_KEY: web.AppKey[DeviceFleet] = web.AppKey("fleet", DeviceFleet)
+# Capability, trust gate and policy for an agent's device command (the hub provides it); raises a Problem.
+CommandGate = Callable[[Principal, str, str], Awaitable[None]]
+COMMAND_GATE_KEY: web.AppKey[CommandGate] = web.AppKey("command_gate")
 routes = Routes(tag="devices")
 
 _DEVICE_SCHEMA: dict[str, Any] = {
@@ -578,6 +582,10 @@ async def get_device(request: web.Request) -> web.Response:
 async def post_command(request: web.Request) -> web.Response:
     fleet, entry = _fleet_entry(request)
     body = await read_json(request)
+    who = principal(request)
+    gate = request.app.get(COMMAND_GATE_KEY)
+    if gate is not None and not who.is_admin:
+        await gate(who, fleet.handle(entry), body["cmd"])
     try:
         result = await fleet.command(entry, body["cmd"], body.get("params", {}))
     except NotReadyError as exc:

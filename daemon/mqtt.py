@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from types import TracebackType
@@ -71,6 +72,7 @@ class BrokerLink:
         self._handlers: list[tuple[str, MessageHandler]] = []
         self._hooks: list[ConnectHook] = []
         self._state_listeners: list[Callable[[BrokerState], None]] = []
+        self._pending_subscriptions: set[asyncio.Task[None]] = set()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -88,8 +90,18 @@ class BrokerLink:
         )
 
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        """Register a handler; the subscription is (re)made on every connect."""
+        """Register a handler; the subscription is made now if connected, and again on every reconnect."""
         self._handlers.append((topic_filter, handler))
+        client = self._client
+        if client is not None and self.connected.is_set():
+            task = asyncio.get_running_loop().create_task(self._subscribe_live(client, topic_filter),
+                                                          name=f"mqtt-subscribe {topic_filter}")
+            self._pending_subscriptions.add(task)
+            task.add_done_callback(self._pending_subscriptions.discard)
+
+    async def _subscribe_live(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # a lost connection resubscribes everything on reconnect
+            await client.subscribe(topic_filter, qos=1)
 
     def on_state(self, listener: Callable[[BrokerState], None]) -> None:
         """Called on every state change, on the loop; must not block."""
@@ -143,6 +155,9 @@ class BrokerLink:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        for task in list(self._pending_subscriptions):
+            task.cancel()
+        await asyncio.gather(*self._pending_subscriptions, return_exceptions=True)
         self._set_state(BrokerState.STOPPED)
 
     def wake(self) -> None:
@@ -196,6 +211,9 @@ class BrokerLink:
             keepalive=self._keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=5,
+            # Small messages forwarded one by one: without TCP_NODELAY, Nagle's algorithm holds each behind
+            # the broker's delayed ACK (~40 ms per hop, RFC 1122 §4.2.3.2).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         ) as client:
             self._client = client
             await client.publish(self.status_topic, "online", qos=1, retain=True)

@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from aiohttp import web
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -147,7 +147,8 @@ class Hub:
                            anomaly=self.anomaly, limits=output_limits or OutputLimits(), clock=clock)
         self.pools.set_sensitive_level(self.gates.needed("read_sensitive"))
         self.token_resolver = HubTokenResolver(self)
-        self.mcp: Any = None  # the McpBridge, built off the loop when the hub is entered
+        self.mcp: Any = None  # the McpBridge, built off the loop on the first /mcp request
+        self._mcp_lock = asyncio.Lock()
         # The mcp SDK is optional and takes most of a second to import: it is imported off the loop on entry.
         self.mcp_enabled = mcp and importlib.util.find_spec("mcp") is not None
         if mcp and not self.mcp_enabled:
@@ -184,21 +185,9 @@ class Hub:
             await self.db.close()
             raise
         self.registry.on_liveness(self._liveness_changed)
-        if self.mcp_enabled:
-            try:
-                # Building the MCP server (pydantic models for every tool) takes tens of ms: not on the loop.
-                module = await asyncio.to_thread(importlib.import_module, "daemon.hub.mcp")
-                self.mcp = await asyncio.to_thread(module.McpBridge, self)
-                await self.mcp.__aenter__()
-            except BaseException:
-                self.mcp = None
-                await self.db.close()
-                raise
         self._open = True
         self._tasks = [asyncio.create_task(self._sweeper(), name="hub-sweeper"),
                        asyncio.create_task(self._audit_writer(), name="hub-audit")]
-        await self._subscribe_live()
-        self._no_delay()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -215,16 +204,6 @@ class Hub:
             await self._flush_audit()
         finally:
             await self.db.close()
-
-    async def _subscribe_live(self) -> None:
-        # BrokerLink subscribes registered handlers on (re)connect; when the Hub is entered after the link
-        # has connected, make the subscriptions now on the live client (BrokerLink has no public call).
-        client = getattr(self.broker, "_client", None)
-        if self.broker is None or client is None or not self.broker.connected.is_set():
-            return
-        with contextlib.suppress(aiomqtt.MqttError):
-            for leaf in ("agents/+/outbox", "agents/+/status", "agents/register"):
-                await client.subscribe(f"{self.topic_base}/{leaf}", qos=1)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -453,20 +432,11 @@ class Hub:
             return
         self.registry.set_mqtt_online(agent_id, state == "online")
 
-    def _no_delay(self) -> None:
-        """TCP_NODELAY on the link's socket: the hub forwards small messages one by one, and Nagle's
-        algorithm would hold each behind the broker's delayed ACK (~40 ms). BrokerLink takes no socket
-        options, so this reaches into aiomqtt/paho; it is an optimisation and fails silently."""
-        with contextlib.suppress(Exception):
-            sock: Any = self.broker._client._client.socket()  # type: ignore[union-attr]
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
     def _liveness_changed(self, agent_id: str, online: bool) -> None:
         if online and self._open:
             self._spawn(self.router.flush(agent_id), name=f"hub-flush {agent_id}")
 
     async def _on_broker_connect(self) -> None:
-        self._no_delay()
         if not self._open:
             return
         for agent in self.registry.all():
@@ -613,7 +583,24 @@ class Hub:
 
     # -- routes -----------------------------------------------------------------------------------
 
+    async def mcp_bridge(self) -> Any:
+        """The MCP server, started on first use.
+
+        The mcp SDK (pydantic, starlette) costs about a second and 30 MB to import: a node whose agents never
+        speak MCP should not pay that at every start, so the first /mcp request pays it, off the loop.
+        """
+        async with self._mcp_lock:
+            if self.mcp is None and self._open:
+                module = await asyncio.to_thread(importlib.import_module, "daemon.hub.mcp")
+                bridge = await asyncio.to_thread(module.McpBridge, self)
+                await bridge.__aenter__()
+                self.mcp = bridge
+            return self.mcp
+
     def routes_tables(self) -> list[Routes]:
         from daemon.hub.routes import build_routes  # noqa: PLC0415 - routes import this module
 
         return build_routes(self)
+
+
+HUB_KEY: web.AppKey[Hub] = web.AppKey("hub", Hub)

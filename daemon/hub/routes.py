@@ -97,7 +97,7 @@ POLICY_TEST_SCHEMA: dict[str, Any] = {"type": "object", "required": ["context"],
 ERRORS = {403: PROBLEM_SCHEMA, 404: PROBLEM_SCHEMA, 409: PROBLEM_SCHEMA, 429: PROBLEM_SCHEMA}
 
 
-def _problem(exc: HubError) -> Problem:
+def problem_for(exc: HubError) -> Problem:
     headers = {}
     if isinstance(exc, RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -118,7 +118,7 @@ def build_routes(hub: Hub) -> list[Routes]:
                 try:
                     return await fn(request)
                 except HubError as exc:
-                    raise _problem(exc) from None
+                    raise problem_for(exc) from None
                 except TrustError as exc:
                     raise Problem(403, str(exc), kind="forbidden") from None
 
@@ -444,17 +444,19 @@ def build_routes(hub: Hub) -> list[Routes]:
         mcp = Routes(tag="mcp")
 
         async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
-            bridge = hub.mcp
+            bridge = await hub.mcp_bridge()
             if bridge is None:
                 raise Problem(503, "the MCP endpoint is not running", kind="mcp-unavailable")
             return await bridge.handle(request, principal(request))  # type: ignore[no-any-return]
 
-        for method in ("POST", "GET", "DELETE"):
+        # No GET: the bridge runs the SDK stateless with JSON answers, so there is no server-initiated SSE
+        # stream to open (MCP streamable HTTP lets a server answer GET with 405, which aiohttp then does).
+        for method in ("POST", "DELETE"):
             async def handler(request: web.Request) -> web.StreamResponse:
                 return await mcp_endpoint(request)
 
             handler.__name__ = f"mcp_{method.lower()}"
             mcp.route(method, "/mcp", summary="MCP (streamable HTTP): the hub's operations as tools", auth="agent",
-                      responses={200: OBJ, 202: None, 405: None})(handler)
+                      responses={200: OBJ, 202: None, 400: None, 404: None, 405: None, 406: None})(handler)
         tables.append(mcp)
     return tables
