@@ -30,7 +30,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(tmp_path: Path, 
         [st, "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {token}", "--checks", "all",
          "--exclude-checks", "positive_data_acceptance",
          "--max-examples", "25", "--seed", "1", "--no-color"],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout
