@@ -147,6 +147,24 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
+def _allowed_methods(request: web.Request) -> list[str]:
+    """The methods of the route that owns this path: a plain path (``/v1/memories/search``) owns it even
+    where a dynamic one (``/v1/memories/{id}``) also matches, as aiohttp resolves them; aiohttp's own
+    ``Allow`` would list the union of both."""
+    operations: list[Operation] = request.app[ROUTES_KEY]
+    exact = sorted({op.method for op in operations if op.path == request.path})
+    if exact:
+        return exact
+    parts = request.path.strip("/").split("/")
+    found: set[str] = set()
+    for op in operations:
+        template = op.path.strip("/").split("/")
+        if len(template) == len(parts) and all(t == p or (t.startswith("{") and t.endswith("}"))
+                                               for t, p in zip(template, parts, strict=True)):
+            found.add(op.method)
+    return sorted(found)
+
+
 def _middlewares(registry: CollectorRegistry) -> list[Any]:
     requests_total = Counter(
         "mycoedge_http_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
@@ -167,6 +185,8 @@ def _middlewares(registry: CollectorRegistry) -> list[Any]:
                 raise
             kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status)
             keep = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+            if exc.status == 405:
+                keep["Allow"] = ",".join(_allowed_methods(request))
             response = Problem(exc.status, exc.reason, kind=kind, headers=keep).response(request.path)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
@@ -214,8 +234,15 @@ def build_app(
 ) -> web.Application:
     app = web.Application(middlewares=_middlewares(registry), client_max_size=1024 * 1024)
     operations: list[Operation] = []
+    mounted: set[tuple[str, str]] = set()
     for table in [core, *tables]:
         for op in table.operations:
+            if (op.method, op.path) in mounted:
+                # Two features serve the same route (the hub's gated memory routes and the store's plain
+                # ones): the table mounted first owns it, and the document lists only what is served.
+                log.debug("%s %s from %s is served by an earlier table", op.method, op.path, table.tag)
+                continue
+            mounted.add((op.method, op.path))
             # aiohttp gives the middleware the handler; the operation rides on a per-route wrapper so the
             # same function may be mounted twice without sharing state.
             async def bound(request: web.Request, _op: Operation = op) -> web.StreamResponse:

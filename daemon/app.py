@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, Info, disable_created_metrics
 
 from attestation import NodeAttestor, NodeTrust
-from daemon import __version__, attest, devices, http_sync
+from daemon import __version__, attest, devices, http_store, http_sync
 from daemon.api import AdminTokenResolver, ApiServer, Principal, Readiness, TokenResolver, build_app
 from daemon.config import Config, parse_gates, parse_listen
 from daemon.devices import COMMAND_GATE_KEY, FLEET_KEY, CommandGate, DeviceFleet
@@ -246,7 +246,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     listen = parse_listen(config.api.listen) if config.api.listen else None
     socket_path = config.socket_path if config.api.unix_socket else None
     state: dict[web.AppKey[Any], Any] = {FLEET_KEY: node.fleet, attest.ATTESTOR_KEY: attestor,
-                                         attest.VERIFIER_KEY: verifier}
+                                         attest.VERIFIER_KEY: verifier, http_store.STORE_KEY: store}
     resolvers: list[TokenResolver] = [AdminTokenResolver(admin_token)]
     tables = route_tables()
     if node.sync is not None:
@@ -256,7 +256,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         state[COMMAND_GATE_KEY] = _device_gate(node.hub)
         state[attest.TRUST_BOOK_KEY] = node.hub.trust
         resolvers.append(node.hub.token_resolver)
-        tables += node.hub.routes_tables()
+        tables = [*node.hub.routes_tables(), *tables]  # the hub's gated memory routes win over the store's
     app = build_app(tables=tables, resolvers=resolvers, readiness=readiness, registry=node.registry, state=state)
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
@@ -312,7 +312,7 @@ async def _announce(node: Node) -> None:
 
 def route_tables() -> list[Routes]:
     """Every feature's routes, in the order they are mounted (the core table is added by build_app)."""
-    return [devices.routes, attest.routes, http_sync.routes]
+    return [devices.routes, attest.routes, http_sync.routes, http_store.routes]
 
 
 def _device_gate(hub: Hub) -> CommandGate:
