@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from daemon.store.memory import MEMORY_TYPES, SCOPES, VISIBILITIES, MemoryFilter
 log = logging.getLogger(__name__)
 
 STORE_KEY: web.AppKey[Store] = web.AppKey("store", Store)
+_FOURCC = re.compile(r"[A-Z0-9_ ]{4}")
 routes = Routes(tag="store")
 
 READ, WRITE, DELETE = "MEMORY_READ", "MEMORY_WRITE", "MEMORY_DELETE"
@@ -364,7 +366,8 @@ async def append_block(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/maif/blocks", summary="Blocks in chain order (cursor paging by seq)", auth="agent",
-            query={"after": {"type": "integer"}, "limit": {"type": "integer"}, "fourcc": {"type": "string"}},
+            query={"after": {"type": "integer"}, "limit": {"type": "integer"},
+                   "fourcc": {"type": "string", "pattern": "^[A-Z0-9_ ]{4}$"}},
             responses={200: {"type": "object", "properties": {"blocks": {"type": "array", "items": BLOCK_SCHEMA},
                                                               "next_after": {"type": "integer"}}}})
 async def list_blocks(request: web.Request) -> web.Response:
@@ -373,7 +376,10 @@ async def list_blocks(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 100, minimum=1, maximum=1000)
     store = _store(request)
     try:
-        blocks = await store.blocks.list_blocks(after_seq=after, limit=limit, fourcc=request.query.get("fourcc"))
+        fourcc = request.query.get("fourcc")
+        if fourcc is not None and not _FOURCC.fullmatch(fourcc):
+            raise Problem(400, "query parameter fourcc must be 4 characters A-Z, 0-9, '_' or space", kind="bad-query")
+        blocks = await store.blocks.list_blocks(after_seq=after, limit=limit, fourcc=fourcc)
     except StoreError as exc:
         raise _translate(exc) from None
     return web.json_response({"blocks": [_block_json(store, b) for b in blocks],
