@@ -156,7 +156,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     readiness.require("api")
     readiness.require("store")
 
-    node.store = await stack.enter_async_context(await asyncio.to_thread(_open_store, config))
+    node.store = await stack.enter_async_context(await asyncio.to_thread(open_store, config))
     store = node.store
     readiness.up("store")
 
@@ -365,7 +365,7 @@ def _build_hub(node: Node, store: Store) -> Hub:
     )
 
 
-def _open_store(config: Config) -> Store:
+def open_store(config: Config) -> Store:
     """Build the store with the node's signing key (and payload key), creating them on first start."""
     state = config.node.state_dir
     signer = Ed25519Signer.from_file(state / "node-signing.key", create=True)

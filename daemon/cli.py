@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="the reference upstream ingest server (see `mycoedge upstream --help`)")
     upstream.add_argument("upstream_args", nargs=argparse.REMAINDER)
 
+    maif = verbs.add_parser("maif", help="export, import or verify the MAIF block log")
+    _add_config_arg(maif)
+    from daemon import maif_cli
+
+    maif_cli.add_arguments(maif)
+
     attest = verbs.add_parser("attest", help="EK certificate chain, AK, PCRs and a fresh quote verified locally")
     _add_config_arg(attest)
     return parser
@@ -70,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon.upstream.server import main as upstream_main
 
         return upstream_main(argv[1:])
-    if argv[:1] == ["sync"] and "--config" in argv[2:]:
-        # Accept `mycoedge sync status --config F` as well as `mycoedge sync --config F status`.
+    if argv[:1] in (["sync"], ["maif"]) and "--config" in argv[2:]:
+        # Accept `mycoedge sync status --config F` as well as `mycoedge sync --config F status` (and maif).
         at = argv.index("--config", 1)
         argv[1:1] = argv[at:at + 2]
         del argv[at + 2:at + 4]
@@ -102,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.token and args.token_file is None:
             args.token_file = loaded.admin_token_path
         return sync_cli.run_args(args)
+    if args.verb == "maif":
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EX_CONFIG
+        from daemon import maif_cli
+
+        return maif_cli.main(loaded, args)
     if args.verb == "attest":
         loaded = _load_or_report(args.config)
         if loaded is None:
