@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon import app as app_mod, config as config_mod
+from daemon import app as app_mod
+from daemon import config as config_mod
 
 
 def _cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
