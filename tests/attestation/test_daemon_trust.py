@@ -104,3 +104,41 @@ async def test_without_a_tpm_the_node_says_software_at_level_2(tmp_path: Path) -
     finally:
         stop.set()
         await task
+
+
+async def test_attestation_opens_a_level_3_operation_refused_before(
+    node: tuple[str, dict[str, str]], swtpm_b: Swtpm
+) -> None:
+    url, admin = node
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url + "/v1/agents", headers=admin,
+                                json={"id": "field-agent", "type": "HUMAN", "owner": "ops"}) as resp:
+            assert resp.status == 201, await resp.text()
+            token = (await resp.json())["credentials"]["api_token"]
+        agent = {"Authorization": f"Bearer {token}"}
+        async with session.post(url + "/v1/pools", headers=admin, json={"name": "shared", "scope": "TEAM"}) as resp:
+            assert resp.status == 201, await resp.text()
+            pool = (await resp.json())["id"]
+        async with session.post(f"{url}/v1/pools/{pool}/members", headers=admin,
+                                json={"agent_id": "field-agent", "permission": "WRITE"}) as resp:
+            assert resp.status == 200, await resp.text()
+
+        async def write_shared() -> tuple[int, dict[str, Any]]:
+            async with session.post(url + "/v1/memories", headers=agent,
+                                    json={"content": "mycelium density up 4 %", "pool": pool}) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+        status, body = await write_shared()
+        assert status == 403 and body["needed_level"] == 3, body  # a bare token is level 1
+
+        async with Attester(swtpm_b.tcti) as tpm:
+            identity = (await tpm.identity()).to_json()
+            async with session.post(url + "/v1/attestation/challenge", headers=agent, json=identity) as resp:
+                challenge = Challenge.from_json(await resp.json())
+            evidence = (await tpm.respond(challenge)).to_json()
+        async with session.post(url + "/v1/attestation/verify", headers=agent, json=evidence) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["subject"] == "field-agent"
+
+        status, body = await write_shared()
+        assert status == 201, body
