@@ -38,6 +38,7 @@ from daemon.openapi import Routes
 from daemon.problems import Problem
 from daemon.sdnotify import Notifier
 from daemon.store import Ed25519Signer, Store
+from daemon.store.embedders import make_embedder
 from daemon.store.signing import load_encryption_key, write_secret_file
 from daemon.sync.wiring import worker_from_config
 from daemon.sync.worker import SyncWorker
@@ -375,7 +376,12 @@ def open_store(config: Config) -> Store:
         if not key_path.exists():
             write_secret_file(key_path, os.urandom(32))  # AES-256-GCM key (NIST SP 800-38D)
         key = load_encryption_key(key_path)
-    return Store(state / "mycoedge.db", signer=signer, encryption_key=key)
+    cfg = config.store
+    embedder = make_embedder(cfg.embedder, dim=cfg.embedding_dim, base_url=cfg.embedder_url or None,  # type: ignore[arg-type]
+                             model=cfg.embedder_model, api_key=cfg.embedder_api_key or None)
+    return Store(state / "mycoedge.db", signer=signer, encryption_key=key, embedder=embedder,
+                 embedding_dim=cfg.embedding_dim, vector_index=cfg.vector_index,  # type: ignore[arg-type]
+                 integrity_check=cfg.integrity_check)  # type: ignore[arg-type]
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -9,9 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from attestation import AttestationError
 from daemon import __version__
 from daemon import config as config_mod
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, DaemonError
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd does not restart on it with RestartPreventExitStatus
 
@@ -95,7 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from daemon import app, logs
 
         logs.setup(loaded.logging.level, as_json=loaded.logging.json)
-        return asyncio.run(app.run(loaded))
+        try:
+            return asyncio.run(app.run(loaded))
+        except (DaemonError, AttestationError, OSError) as exc:
+            # A component that cannot start (store refused, TPM required but absent, port taken): one line
+            # naming it, and a failure exit that systemd's Restart=on-failure retries.
+            print(f"mycoedge: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
     if args.verb == "sync":
         loaded = _load_or_report(args.config)
         if loaded is None:

@@ -108,7 +108,17 @@ class StoreConfig:
         "Memory embeddings: `none` (callers supply vectors), `local` (optional extra), `http`.",
         choices=("none", "local", "http")))
     embedder_url: str = field(default="", metadata=_doc("OpenAI-compatible embeddings endpoint for `http`."))
-    embedding_dim: int = field(default=384, metadata=_doc("Vector dimension of memory embeddings.", minimum=1))
+    embedder_model: str = field(default="text-embedding-3-small", metadata=_doc("Model name sent to `http`."))
+    embedder_api_key: str = field(default="", metadata=_doc("Bearer key for the `http` embedder.", secret=True))
+    embedding_dim: int = field(default=384, metadata=_doc(
+        "Vector dimension of memory embeddings (recorded in the database; changing it later is refused).",
+        minimum=1))
+    vector_index: str = field(default="ivf", metadata=_doc(
+        "Vector index: `ivf` (exact until 20k vectors, then partitioned with exact rescoring), `exact`, `binary`.",
+        choices=("ivf", "exact", "binary")))
+    integrity_check: str = field(default="full", metadata=_doc(
+        "`PRAGMA integrity_check` at open: `full`, `quick` (faster on multi-GB stores) or `off`.",
+        choices=("full", "quick", "off")))
     encrypt_payloads: bool = field(default=False, metadata=_doc(
         "Encrypt MAIF block payloads with AES-256-GCM (key in `<state_dir>/maif.key`, mode 0600)."))
 
