@@ -37,7 +37,7 @@ from daemon.mqtt import BrokerLink, BrokerState
 from daemon.openapi import Routes
 from daemon.problems import Problem
 from daemon.sdnotify import Notifier
-from daemon.store import Ed25519Signer, Store
+from daemon.store import Ed25519Signer, Signer, Store
 from daemon.store.embedders import make_embedder
 from daemon.store.signing import load_encryption_key, write_secret_file
 from daemon.sync.wiring import worker_from_config
@@ -157,7 +157,26 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     readiness.require("api")
     readiness.require("store")
 
-    node.store = await stack.enter_async_context(await asyncio.to_thread(open_store, config))
+    def trust_changed(trust: NodeTrust) -> None:
+        node.trust_label = attest.trust_label(trust)
+        announcer = node.announcer
+        if announcer is not None:
+            node.spawn(announcer.update(trust=node.trust_label))
+
+    node.attestor = await stack.enter_async_context(
+        NodeAttestor(attest.attestation_config(config), on_change=trust_changed)
+    )
+    attestor = node.attestor
+    node.trust_label = attest.trust_label(attestor.trust)
+    if attestor.trust.mode == "software":
+        log.warning("no TPM: running on a software key, trust capped at level 2 (trust: software)")
+    verifier = attest.remote_verifier(attestor, config)
+    node.registry.register(attest.TrustCollector(attestor, verifier))
+    node.status_parts.append(lambda: f"trust {node.trust_label}")
+
+    # The node's TPM-resident key signs the MAIF log and a TPM-sealed key protects encrypted payloads; without
+    # a TPM, a software key file does both (and the node says it runs at level 2).
+    node.store = await stack.enter_async_context(await _open_node_store(config, attestor))
     store = node.store
     readiness.up("store")
 
@@ -208,22 +227,6 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         node.sync = await stack.enter_async_context(sync_worker)
         node.status_parts.append(lambda: "sync on")
 
-    def trust_changed(trust: NodeTrust) -> None:
-        node.trust_label = attest.trust_label(trust)
-        announcer = node.announcer
-        if announcer is not None:
-            node.spawn(announcer.update(trust=node.trust_label))
-
-    node.attestor = await stack.enter_async_context(
-        NodeAttestor(attest.attestation_config(config), on_change=trust_changed)
-    )
-    attestor = node.attestor
-    node.trust_label = attest.trust_label(attestor.trust)
-    if attestor.trust.mode == "software":
-        log.warning("no TPM: running on a software key, trust capped at level 2 (trust: software)")
-    verifier = attest.remote_verifier(attestor, config)
-    node.registry.register(attest.TrustCollector(attestor, verifier))
-    node.status_parts.append(lambda: f"trust {node.trust_label}")
 
     node.fleet = DeviceFleet(
         config.devices,
@@ -366,12 +369,30 @@ def _build_hub(node: Node, store: Store) -> Hub:
     )
 
 
-def open_store(config: Config) -> Store:
-    """Build the store with the node's signing key (and payload key), creating them on first start."""
-    state = config.node.state_dir
-    signer = Ed25519Signer.from_file(state / "node-signing.key", create=True)
+async def _open_node_store(config: Config, attestor: NodeAttestor) -> Store:
+    """The daemon's store: signed by the TPM-resident key and with a TPM-sealed payload key when there is
+    a TPM, else by the software key files (``open_store``)."""
+    if attestor.mode != "tpm":
+        return await asyncio.to_thread(open_store, config)
+    signer = attest.TpmSigner(attestor, asyncio.get_running_loop())
     key: bytes | None = None
     if config.store.encrypt_payloads:
+        sealed = config.node.state_dir / "maif.key.sealed"
+        if sealed.exists():
+            key = await attestor.unseal(await asyncio.to_thread(sealed.read_bytes))
+        else:
+            key = os.urandom(32)  # AES-256-GCM key (NIST SP 800-38D)
+            await asyncio.to_thread(write_secret_file, sealed, await attestor.seal(key))
+    return await asyncio.to_thread(open_store, config, signer=signer, encryption_key=key)
+
+
+def open_store(config: Config, *, signer: Signer | None = None, encryption_key: bytes | None = None) -> Store:
+    """Build the store; without ``signer``/``encryption_key`` the software key files are used (created on
+    first start). ``mycoedge maif`` opens it this way beside the daemon."""
+    state = config.node.state_dir
+    signer = signer or Ed25519Signer.from_file(state / "node-signing.key", create=True)
+    key = encryption_key
+    if key is None and config.store.encrypt_payloads:
         key_path = state / "maif.key"
         if not key_path.exists():
             write_secret_file(key_path, os.urandom(32))  # AES-256-GCM key (NIST SP 800-38D)

@@ -7,6 +7,7 @@ TXT) when the node's level changes. Without a TPM the node runs on a software ke
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,6 +36,7 @@ from daemon.api import principal, require_admin
 from daemon.config import Config
 from daemon.openapi import Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
+from daemon.store.signing import ECDSA_P256, key_id_for
 from daemon.trust import TrustBook
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,37 @@ class TrustCollector(Collector):
         for key, value in sorted(self._verifier.stats().items()):
             refusals.add_metric([key], float(value))
         yield refusals
+
+
+class TpmSigner:
+    """The store's ``Signer`` backed by the node's TPM-resident ECDSA P-256 key.
+
+    The store signs its checkpoints on its own writer thread; the TPM lives on the attestor's thread and is
+    driven from the event loop, so a signature is a hop: writer thread → loop → TPM thread and back. The
+    loop is never blocked by it (it only schedules), and one signature per group commit keeps the hops rare.
+    """
+
+    algorithm = ECDSA_P256
+
+    def __init__(self, node: NodeAttestor, loop: asyncio.AbstractEventLoop, *, timeout_s: float = 30.0) -> None:
+        key = serialization.load_pem_public_key(node.signer_public_pem)
+        self._public = key.public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+        self._node = node
+        self._loop = loop
+        self._timeout_s = timeout_s
+
+    @property
+    def key_id(self) -> str:
+        return key_id_for(self._public)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._public
+
+    def sign(self, data: bytes) -> bytes:
+        future = asyncio.run_coroutine_threadsafe(self._node.sign(data), self._loop)
+        return future.result(timeout=self._timeout_s)
 
 
 def trust_label(trust: NodeTrust) -> str:

@@ -142,3 +142,61 @@ async def test_attestation_opens_a_level_3_operation_refused_before(
 
         status, body = await write_shared()
         assert status == 201, body
+
+
+async def test_the_tpm_key_signs_the_block_log_and_a_sealed_key_encrypts_payloads(
+    tmp_path: Path, swtpm_a: Swtpm
+) -> None:
+    import base64
+    import sqlite3
+
+    state = tmp_path / "s"
+
+    async def run_node(body: dict[str, Any] | None) -> dict[str, Any]:
+        port = free_port()
+        cfg = config_mod.from_mapping({
+            "node": {"id": "sealer", "state_dir": str(state), "runtime_dir": str(tmp_path / "r")},
+            "api": {"listen": f"127.0.0.1:{port}"}, "mqtt": {"enabled": False}, "discovery": {"mdns": False},
+            "trust": {"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
+            "store": {"encrypt_payloads": True},
+        })
+        stop = asyncio.Event()
+        task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
+        url = f"http://127.0.0.1:{port}"
+        out: dict[str, Any] = {}
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(500):
+                    try:
+                        async with session.get(url + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.02)
+                headers = {"Authorization": f"Bearer {cfg.admin_token_path.read_text().strip()}"}
+                if body is not None:
+                    async with session.post(url + "/v1/maif/blocks", headers=headers, json=body) as resp:
+                        assert resp.status in (200, 201), await resp.text()
+                async with session.get(url + "/v1/maif/blocks", headers=headers) as resp:
+                    out["blocks"] = (await resp.json())["blocks"]
+                async with session.post(url + "/v1/maif/verify", headers=headers) as resp:
+                    out["verify"] = await resp.json()
+        finally:
+            stop.set()
+            assert await task == 0
+        return out
+
+    first = await run_node({"fourcc": "TEXT", "text": "spore count 1.2e6/m3"})
+    assert first["verify"]["ok"] is True
+    assert first["blocks"][0]["encrypted"] is True
+    with sqlite3.connect(state / "mycoedge.db") as db:
+        algorithms = {row[0] for row in db.execute("SELECT algorithm FROM signers")}
+        stored = db.execute("SELECT payload FROM blocks").fetchone()[0]
+    assert "ECDSA-P256-SHA256" in algorithms
+    assert b"spore" not in bytes(stored)
+    assert (state / "maif.key.sealed").exists() and not (state / "maif.key").exists()
+    # A restart unseals the same key from the same TPM and still reads the payload.
+    again = await run_node(None)
+    assert again["verify"]["ok"] is True
+    assert base64.b64decode(again["blocks"][0]["payload_b64"]) == b"spore count 1.2e6/m3"
