@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,39 +11,15 @@ import pytest
 
 from attestation import Attester, Challenge
 from attestation.swtpm import Swtpm
-from daemon import app as app_mod
-from daemon import config as config_mod
-from daemon.mosquitto import free_port
-from daemon.sdnotify import Notifier
+from tests.harness import node_config, running_node
 
 
 @pytest.fixture
 async def node(tmp_path: Path, swtpm_a: Swtpm) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    port = free_port()
-    cfg = config_mod.from_mapping({
-        "node": {"id": "trusty", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "mqtt": {"enabled": False},
-        "discovery": {"mdns": False},
-        "trust": {"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
-    })
-    stop = asyncio.Event()
-    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(500):
-            try:
-                async with session.get(url + "/readyz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.02)
-    try:
-        yield url, {"Authorization": f"Bearer {cfg.admin_token_path.read_text().strip()}"}
-    finally:
-        stop.set()
-        assert await task == 0
+    raw = node_config(tmp_path, node={"id": "trusty"},
+                      trust={"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)})
+    async with running_node(raw) as running:
+        yield running.url, running.headers
 
 
 async def test_node_reaches_level_3_and_an_agent_earns_it_over_http(
@@ -82,28 +57,11 @@ async def test_node_reaches_level_3_and_an_agent_earns_it_over_http(
 
 
 async def test_without_a_tpm_the_node_says_software_at_level_2(tmp_path: Path) -> None:
-    port = free_port()
-    cfg = config_mod.from_mapping({
-        "node": {"id": "soft", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
-        "api": {"listen": f"127.0.0.1:{port}"}, "mqtt": {"enabled": False}, "discovery": {"mdns": False},
-        "trust": {"tcti": "none"},
-    })
-    stop = asyncio.Event()
-    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(500):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                        text = await resp.text()
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.02)
-        assert "mycoedge_trust_level 2.0" in text
-        assert "mycoedge_trust_software 1.0" in text
-    finally:
-        stop.set()
-        await task
+    async with running_node(node_config(tmp_path, trust={"tcti": "none"})) as running, \
+            aiohttp.ClientSession() as session, session.get(running.url + "/metrics") as resp:
+        text = await resp.text()
+    assert "mycoedge_trust_level 2.0" in text
+    assert "mycoedge_trust_software 1.0" in text
 
 
 async def test_attestation_opens_a_level_3_operation_refused_before(
@@ -153,38 +111,19 @@ async def test_the_tpm_key_signs_the_block_log_and_a_sealed_key_encrypts_payload
     state = tmp_path / "s"
 
     async def run_node(body: dict[str, Any] | None) -> dict[str, Any]:
-        port = free_port()
-        cfg = config_mod.from_mapping({
-            "node": {"id": "sealer", "state_dir": str(state), "runtime_dir": str(tmp_path / "r")},
-            "api": {"listen": f"127.0.0.1:{port}"}, "mqtt": {"enabled": False}, "discovery": {"mdns": False},
-            "trust": {"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
-            "store": {"encrypt_payloads": True},
-        })
-        stop = asyncio.Event()
-        task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
-        url = f"http://127.0.0.1:{port}"
+        raw = node_config(tmp_path, node={"id": "sealer", "state_dir": str(state)},
+                          trust={"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
+                          store={"encrypt_payloads": True})
         out: dict[str, Any] = {}
-        try:
-            async with aiohttp.ClientSession() as session:
-                for _ in range(500):
-                    try:
-                        async with session.get(url + "/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.02)
-                headers = {"Authorization": f"Bearer {cfg.admin_token_path.read_text().strip()}"}
-                if body is not None:
-                    async with session.post(url + "/v1/maif/blocks", headers=headers, json=body) as resp:
-                        assert resp.status in (200, 201), await resp.text()
-                async with session.get(url + "/v1/maif/blocks", headers=headers) as resp:
-                    out["blocks"] = (await resp.json())["blocks"]
-                async with session.post(url + "/v1/maif/verify", headers=headers) as resp:
-                    out["verify"] = await resp.json()
-        finally:
-            stop.set()
-            assert await task == 0
+        async with running_node(raw) as running, aiohttp.ClientSession(headers=running.headers) as session:
+            url = running.url
+            if body is not None:
+                async with session.post(url + "/v1/maif/blocks", json=body) as resp:
+                    assert resp.status in (200, 201), await resp.text()
+            async with session.get(url + "/v1/maif/blocks") as resp:
+                out["blocks"] = (await resp.json())["blocks"]
+            async with session.post(url + "/v1/maif/verify") as resp:
+                out["verify"] = await resp.json()
         return out
 
     first = await run_node({"fourcc": "TEXT", "text": "spore count 1.2e6/m3"})

@@ -12,46 +12,15 @@ import aiohttp
 import pytest
 
 from daemon import app as app_mod
-from daemon import config as config_mod
 from daemon.mosquitto import free_port
-from daemon.sdnotify import Notifier
-
-
-class RunningNode:
-    def __init__(self, base: str, token: str, socket_path: Path, node: app_mod.Node) -> None:
-        self.base = base
-        self.token = token
-        self.socket_path = socket_path
-        self.node = node
+from tests.harness import RunningNode, node_config, running_node
 
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[RunningNode]:
-    port = free_port()
-    cfg = config_mod.from_mapping({
-        "node": {"id": "api-test", "state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "mqtt": {"enabled": False},
-        "discovery": {"mdns_interfaces": "127.0.0.1"},
-    })
-    stop = asyncio.Event()
-    running: list[app_mod.Node] = []
-    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={}), on_ready=running.append))
-    base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(base + "/healthz") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.02)
-    token = cfg.admin_token_path.read_text().strip()
-    try:
-        yield RunningNode(base, token, cfg.socket_path, running[0])
-    finally:
-        stop.set()
-        assert await task == 0
+    raw = node_config(tmp_path, node={"id": "api-test"}, discovery={"mdns": True, "mdns_interfaces": "127.0.0.1"})
+    async with running_node(raw) as running:
+        yield running
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
@@ -59,7 +28,7 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
 
 
 async def test_openapi_documents_exactly_the_served_routes(node: RunningNode) -> None:
-    async with aiohttp.ClientSession() as session, session.get(node.base + "/openapi.json") as resp:
+    async with aiohttp.ClientSession() as session, session.get(node.url + "/openapi.json") as resp:
         doc = await resp.json()
     assert doc["openapi"].startswith("3.1")
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
@@ -78,7 +47,7 @@ async def test_openapi_documents_exactly_the_served_routes(node: RunningNode) ->
 
 
 async def test_unknown_route_is_a_problem_document(node: RunningNode) -> None:
-    async with aiohttp.ClientSession() as session, session.get(node.base + "/nope") as resp:
+    async with aiohttp.ClientSession() as session, session.get(node.url + "/nope") as resp:
         assert resp.status == 404
         assert resp.content_type == "application/problem+json"
         body = await _json(resp)
@@ -86,7 +55,7 @@ async def test_unknown_route_is_a_problem_document(node: RunningNode) -> None:
 
 
 async def test_metrics_are_prometheus_text(node: RunningNode) -> None:
-    async with aiohttp.ClientSession() as session, session.get(node.base + "/metrics") as resp:
+    async with aiohttp.ClientSession() as session, session.get(node.url + "/metrics") as resp:
         text = await resp.text()
     assert resp.status == 200
     assert "mycoedge_build_info{" in text
@@ -94,47 +63,29 @@ async def test_metrics_are_prometheus_text(node: RunningNode) -> None:
 
 
 async def test_readyz_over_the_unix_socket(node: RunningNode) -> None:
-    connector = aiohttp.UnixConnector(path=str(node.socket_path))
+    connector = aiohttp.UnixConnector(path=str(node.config.socket_path))
     async with aiohttp.ClientSession(connector=connector) as session, session.get("http://node/readyz") as resp:
         assert resp.status == 200
         assert (await resp.json())["status"] == "ready"
-    assert node.socket_path.stat().st_mode & 0o777 == 0o660
+    assert node.config.socket_path.stat().st_mode & 0o777 == 0o660
 
 
 async def test_readyz_names_the_component_that_is_not_ready(tmp_path: Path) -> None:
-    port, dead_broker = free_port(), free_port()
-    cfg = config_mod.from_mapping({
-        "node": {"id": "x", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "mqtt": {"port": dead_broker, "reconnect_max_s": 0.2},
-        "discovery": {"mdns": False},
-    })
     app_mod.READY_WAIT_FOR_BROKER_S = 0.1
-    stop = asyncio.Event()
-    task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                        body = await _json(resp)
-                        status = resp.status
-                        break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.02)
-        assert status == 503
-        assert "mqtt" in body["components"]
-        assert "mqtt" in body["detail"]
-    finally:
-        stop.set()
-        await task
+    raw = node_config(tmp_path, mqtt={"enabled": True, "port": free_port(), "reconnect_max_s": 0.2})
+    async with running_node(raw) as node, aiohttp.ClientSession() as session, \
+            session.get(node.url + "/readyz") as resp:
+        body = await _json(resp)
+        assert resp.status == 503
+    assert "mqtt" in body["components"]
+    assert "mqtt" in body["detail"]
 
 
 async def test_the_node_is_announced_over_mdns_with_its_txt(node: RunningNode) -> None:
     from zeroconf import ServiceStateChange
     from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-    port = int(node.base.rsplit(":", 1)[1])
+    port = int(node.url.rsplit(":", 1)[1])
     found: asyncio.Queue[str] = asyncio.Queue()
 
     def on_change(zeroconf: object, service_type: str, name: str, state_change: ServiceStateChange) -> None:

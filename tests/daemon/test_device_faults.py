@@ -9,11 +9,8 @@ from pathlib import Path
 
 import aiohttp
 
-from daemon import app as app_mod
-from daemon import config as config_mod
-from daemon.mosquitto import free_port
-from daemon.sdnotify import Notifier
 from firmware_stubs.mycobrain import FaultPlan, MycoBrainStub
+from tests.harness import node_config, running_node
 
 
 def _counter(metrics: str, device_prefix: str, counter: str) -> float:
@@ -27,21 +24,12 @@ def _counter(metrics: str, device_prefix: str, counter: str) -> float:
 
 async def test_garbage_bad_crc_truncation_and_unplug_are_counted_and_survived(tmp_path: Path) -> None:
     faults = FaultPlan(garbage_every=3, bad_crc_every=4, truncate_every=5)
-    port = free_port()
     async with MycoBrainStub(side="a", path=str(tmp_path / "board"), rate_hz=10.0, seed=3, faults=faults,
                              boot_delay_s=0.1) as board:
-        cfg = config_mod.from_mapping({
-            "node": {"id": "faulty", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
-            "api": {"listen": f"127.0.0.1:{port}"}, "mqtt": {"enabled": False}, "discovery": {"mdns": False},
-            "trust": {"tcti": "none"},
-            "devices": [{"kind": "mycobrain", "port": board.path, "stream_rate_hz": 10.0}],
-        })
-        stop = asyncio.Event()
-        running: list[app_mod.Node] = []
-        task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={}),
-                                               on_ready=running.append))
-        url = f"http://127.0.0.1:{port}"
-        try:
+        raw = node_config(tmp_path, node={"id": "faulty"},
+                          devices=[{"kind": "mycobrain", "port": board.path, "stream_rate_hz": 10.0}])
+        async with running_node(raw) as running:
+            url = running.url
             async with aiohttp.ClientSession() as session:
                 async def metrics() -> str:
                     async with session.get(url + "/metrics") as resp:
@@ -61,7 +49,7 @@ async def test_garbage_bad_crc_truncation_and_unplug_are_counted_and_survived(tm
                 assert _counter(text, "mycobrain-", "err_crc") > 0, text
                 assert _counter(text, "mycobrain-", "readings") > 0
 
-                fleet = running[0].fleet
+                fleet = running.node.fleet
                 assert fleet is not None
 
                 def readings() -> int:
@@ -80,6 +68,3 @@ async def test_garbage_bad_crc_truncation_and_unplug_are_counted_and_survived(tm
                 assert time.monotonic() - back < 2.0, "telemetry must resume within 2 s of the board coming back"
                 text = await metrics()
                 assert _counter(text, "mycobrain-", "disconnects") >= 1
-        finally:
-            stop.set()
-            assert await task == 0

@@ -15,51 +15,29 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon import app as app_mod
-from daemon import config as config_mod
-from daemon.mosquitto import MosquittoProcess, free_port
-from daemon.sdnotify import Notifier
+from daemon.mosquitto import MosquittoProcess
 from tests.drivers.test_mycobrain import SpecBoard
+from tests.harness import RunningNode, node_config, running_node
 
 BASE = "mycoedge/e2e"
 BOARD = "mycobrain-abcdef"
 
 
 class Node:
-    def __init__(self, base_url: str, token: str, store_path: Path) -> None:
-        self.url = base_url
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.store_path = store_path
+    def __init__(self, running: RunningNode) -> None:
+        self.url = running.url
+        self.headers = running.headers
+        self.store_path = running.config.node.state_dir / "mycoedge.db"
 
 
 @pytest.fixture
 async def node(tmp_path: Path, mosquitto: MosquittoProcess) -> AsyncIterator[tuple[Node, SpecBoard]]:
-    port = free_port()
     async with SpecBoard(device_id=BOARD) as board:
-        cfg = config_mod.from_mapping({
-            "node": {"id": "e2e", "state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")},
-            "api": {"listen": f"127.0.0.1:{port}"},
-            "mqtt": {"port": mosquitto.port},
-            "discovery": {"mdns": False},
-            "devices": [{"kind": "mycobrain", "port": board.path, "stream_rate_hz": 5.0, "name": "bench-board"}],
-        })
-        stop = asyncio.Event()
-        task = asyncio.create_task(app_mod.run(cfg, stop=stop, notifier=Notifier(environ={})))
-        url = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as session:
-            for _ in range(500):
-                try:
-                    async with session.get(url + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
-        try:
-            yield Node(url, cfg.admin_token_path.read_text().strip(), tmp_path / "s" / "mycoedge.db"), board
-        finally:
-            stop.set()
-            assert await task == 0
+        raw = node_config(tmp_path, node={"id": "e2e"}, mqtt={"enabled": True, "port": mosquitto.port},
+                          devices=[{"kind": "mycobrain", "port": board.path, "stream_rate_hz": 5.0,
+                                    "name": "bench-board"}])
+        async with running_node(raw) as running:
+            yield Node(running), board
 
 
 async def _collect(client: aiomqtt.Client, predicate: Any, timeout: float = 30.0) -> aiomqtt.Message:
