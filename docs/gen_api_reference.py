@@ -20,16 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import aiohttp  # noqa: E402 - the repository root must be importable first
+
+from daemon import app as app_mod  # noqa: E402
+from daemon import config as config_mod  # noqa: E402
+from daemon.mosquitto import free_port  # noqa: E402
+from daemon.sdnotify import Notifier  # noqa: E402
+
 OUTPUT = REPO / "docs" / "http-api.md"
 
 
 async def fetch_document() -> dict[str, Any]:
-    import aiohttp
-
-    from daemon import app as app_mod, config as config_mod
-    from daemon.mosquitto import free_port
-    from daemon.sdnotify import Notifier
-
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         config = config_mod.from_mapping({
