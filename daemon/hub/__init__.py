@@ -33,6 +33,7 @@ from daemon.api import Principal
 from daemon.hub.broker_auth import BrokerProvisioner, MosquittoFiles
 from daemon.hub.db import HubDatabase
 from daemon.hub.defences import AnomalyScorer, OutputLimits, RateLimiter
+from daemon.hub.dynsec import DynsecProvisioner
 from daemon.hub.errors import ApprovalRequired, Forbidden, HubError, InvalidRequest, NoResponse, NotFound
 from daemon.hub.handoff import Handoff, Handoffs
 from daemon.hub.messages import Envelope, MessageRouter, decode, encode, envelope_from_post, new_envelope
@@ -110,6 +111,8 @@ class Hub:
         audit_messages: bool = False,
         metrics: CollectorRegistry | None = None,
         mcp: bool = True,
+        broker_dynsec: bool = False,
+        broker_service_user: str | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -122,8 +125,16 @@ class Hub:
         self.jwt = JwtVerifier(jwks, issuer=jwt_issuer, audience=jwt_audience, clock=clock) if jwks else None
         self.db = HubDatabase(self.state_dir / "hub.db")
         self.registry = Registry(self.db, clock=clock, heartbeat_timeout_s=heartbeat_timeout_s)
-        self.provisioner = (BrokerProvisioner(mosquitto_files, topic_base=topic_base)
-                            if mosquitto_files is not None else None)
+        self.provisioner: BrokerProvisioner | DynsecProvisioner | None = None
+        if broker_dynsec:
+            # Credentials through the broker's dynamic-security plugin, as the link's own (dynsec admin) user.
+            if broker is None:
+                raise ValueError("broker_dynsec needs a broker link")
+            self.provisioner = DynsecProvisioner(
+                broker, topic_base=topic_base, service_users=[broker_service_user] if broker_service_user else (),
+                enrolment_password=self.enrolment_tokens[0] if self.enrolment_tokens else None)
+        elif mosquitto_files is not None:
+            self.provisioner = BrokerProvisioner(mosquitto_files, topic_base=topic_base)
         self.agent_limits = RateLimiter(rate=agent_rate_per_s, burst=agent_burst, clock=time.monotonic)
         self.session_limits = RateLimiter(rate=session_rate_per_s, burst=session_burst, clock=time.monotonic)
         self.anomaly = anomaly or AnomalyScorer()
@@ -198,6 +209,8 @@ class Hub:
         await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
         self._tasks = []
         try:
+            if isinstance(self.provisioner, DynsecProvisioner):
+                await self.provisioner.aclose()
             if self.mcp is not None:
                 mcp_bridge, self.mcp = self.mcp, None
                 await mcp_bridge.__aexit__(None, None, None)
@@ -479,6 +492,8 @@ class Hub:
                 agent_id=body.get("id"), metadata=body.get("metadata"), privileged=privileged)
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(str(exc)) from None
+        if isinstance(self.provisioner, DynsecProvisioner):
+            self.provisioner.new_password(creds.mqtt_username, creds.mqtt_password)  # dynsec hashes it itself
         if self.provisioner is not None:
             await self.provisioner.apply(self.registry.accounts())
         self.audit("registration", actor, agent.id, {"type": agent.type, "owner": agent.owner,
