@@ -149,10 +149,15 @@ async def test_revoking_an_agent_removes_its_login(dnode: HubNode) -> None:
     await _settled(dnode)
     a = await dnode.register("agent-a")
     b = await dnode.register("agent-b")
-    async with mqtt_agent(dnode, a):
-        pass
-    status, _, _ = await dnode.call("DELETE", "/v1/agents/agent-a")
-    assert status == 204
+    async with mqtt_agent(dnode, a) as ca:
+        await ca.subscribe(f"{BASE}/agents/agent-a/inbox", qos=1)
+        status, _, _ = await dnode.call("DELETE", "/v1/agents/agent-a")
+        assert status == 204
+        # deleteClient also disconnects the live session (the plugin kicks the user).
+        with pytest.raises(aiomqtt.MqttError):
+            async with asyncio.timeout(5):
+                async for _ in ca.messages:
+                    pass
     with pytest.raises(aiomqtt.MqttError):
         async with dnode.mqtt(a):
             pass
@@ -223,3 +228,27 @@ async def test_enrolment_user_registers_over_mqtt(dnode: HubNode) -> None:
     assert body["ok"] is True
     async with mqtt_agent(dnode, body):  # the new agent logs in with the password it was handed
         pass
+
+
+async def test_a_restarted_hub_keeps_agents_it_cannot_recreate(tmp_path: Path,
+                                                               dynsec_broker: MosquittoProcess) -> None:
+    """The plugin keeps clients across a daemon restart: the new hub, which knows no plain password,
+    finds them in place and recreates nothing."""
+    first = HubNode(tmp_path, dynsec_broker, None, Clock())  # type: ignore[arg-type]
+    first.hub_kwargs = {"broker_dynsec": True, "broker_service_user": SERVICE_USER}
+    await first.start()
+    try:
+        await _settled(first)
+        a = await first.register("agent-a")
+    finally:
+        await first.stop()
+    second = HubNode(tmp_path, dynsec_broker, None, Clock())  # type: ignore[arg-type]
+    second.hub_kwargs = first.hub_kwargs
+    await second.start()
+    try:
+        await _settled(second)
+        assert _provisioner(second).unprovisioned == set()
+        async with mqtt_agent(second, a) as ca:
+            await ca.subscribe(f"{BASE}/agents/agent-a/inbox", qos=1)
+    finally:
+        await second.stop()
