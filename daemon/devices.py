@@ -11,6 +11,7 @@ own ACK or NACK.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 20.0  # covers the MycoBrain's 3 retries of 5 s (PROTOCOLS.md §1) with margin
 SINK_BATCH = 256
+OUTGOING_MAX = 10_000  # readings waiting for the broker; beyond it the live view drops (counted)
+SENSOR_STATE_INTERVAL_S = 1.0
 SINK_INTERVAL_S = 0.2
 
 
@@ -176,15 +179,25 @@ class DeviceFleet:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sink_task: asyncio.Task[None] | None = None
+        self._publisher_task: asyncio.Task[None] | None = None
+        self._outgoing: collections.deque[tuple[str, Reading, dict[str, Any]]] = collections.deque()
+        self._outgoing_ready = asyncio.Event()
+        self._state_published: dict[tuple[str, str], float] = {}
+        self._sensors_announced: set[tuple[str, str]] = set()
         self.remote: dict[str, dict[str, Any]] = {}  # devices seen only through another (LoRa) with no link
         self._remote_announced: set[str] = set()
         self._readings = Counter("mycoedge_device_readings", "Readings received from devices",
                                  ["valid"], registry=registry)
         self._bad_commands = Counter("mycoedge_device_bad_commands",
                                      "MQTT command payloads refused as malformed", registry=registry)
+        self._readings_valid = self._readings.labels(valid="true")
+        self._readings_invalid = self._readings.labels(valid="false")
         self._id_collisions = Counter("mycoedge_device_remote_id_collisions",
                                       "Remote readings whose board id was already taken by a local board",
                                       registry=registry)
+        self._outgoing_dropped = Counter("mycoedge_device_mqtt_backlog_dropped",
+                                         "Readings not published live because the MQTT backlog was full",
+                                         registry=registry)
         self._sink_errors = Counter("mycoedge_device_sink_errors", "Reading batches the store refused",
                                     registry=registry)
         if registry is not None:
@@ -196,6 +209,7 @@ class DeviceFleet:
     # ---- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         self._sink_task = asyncio.create_task(self._drain_sink(), name="device-sink")
+        self._publisher_task = asyncio.create_task(self._publisher(), name="device-mqtt")
         for entry in self.entries:
             factory = self._factories.get(entry.config.kind)
             if factory is None:
@@ -232,6 +246,10 @@ class DeviceFleet:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._publisher_task is not None:
+            self._publisher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher_task
         if self._sink_task is not None:
             self._sink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -315,7 +333,7 @@ class DeviceFleet:
 
     # ---- what drivers report -------------------------------------------------------------------------
     def reading(self, entry: _Entry | None, reading: Reading) -> None:
-        self._readings.labels(valid=str(reading.valid).lower()).inc()
+        (self._readings_valid if reading.valid else self._readings_invalid).inc()
         if entry is not None and entry.device is not None and reading.device_id != entry.device.device_id and any(
             other is not entry and other.device is not None and other.device.device_id == reading.device_id
             for other in self.entries
@@ -335,7 +353,20 @@ class DeviceFleet:
                 self._wakeup.set()
         if self._broker is not None:
             base = f"{self._topic_base}/devices/{reading.device_id}"
-            self._spawn(self._publish_reading(base, reading, body))
+            if len(self._outgoing) >= OUTGOING_MAX:
+                self._outgoing_dropped.inc()  # MQTT is the live view; the store keeps every reading
+            else:
+                self._outgoing.append((base, reading, body))
+                self._outgoing_ready.set()
+
+    async def _publisher(self) -> None:
+        """One task publishes readings in arrival order: no task per reading, no reordering."""
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready.clear()
+            while self._outgoing:
+                base, reading, body = self._outgoing.popleft()
+                await self._publish_reading(base, reading, body)
 
     async def _publish_reading(self, base: str, reading: Reading, body: dict[str, Any]) -> None:
         assert self._broker is not None
@@ -344,8 +375,12 @@ class DeviceFleet:
         text = json.dumps(body)
         await self._broker.publish(f"{base}/telemetry", text)
         # Retained per-sensor state: what Home Assistant's discovery configs point at, and what a new
-        # subscriber sees at once.
-        await self._broker.publish(f"{base}/sensors/{reading.sensor}", text, retain=True)
+        # subscriber sees at once. A state, not a stream: refreshed at most every SENSOR_STATE_INTERVAL_S.
+        key = (reading.device_id, reading.sensor)
+        now = time.monotonic()
+        if now - self._state_published.get(key, -SENSOR_STATE_INTERVAL_S) >= SENSOR_STATE_INTERVAL_S:
+            self._state_published[key] = now
+            await self._broker.publish(f"{base}/sensors/{reading.sensor}", text, retain=True)
 
     def event(self, entry: _Entry, event: DeviceEvent) -> None:
         if self._broker is None:
@@ -374,11 +409,16 @@ class DeviceFleet:
 
     async def _republish(self) -> None:
         """On every broker (re)connect: availability and discovery again, as HA expects after a restart."""
+        self._sensors_announced.clear()
         for entry in self.entries:
             entry.announced.clear()
             await self._publish_state(entry)
 
     async def _announce_sensor(self, reading: Reading) -> None:
+        sensor_key = (reading.device_id, reading.sensor)
+        if sensor_key in self._sensors_announced:
+            return  # the hot path: every reading after the first of its sensor
+        self._sensors_announced.add(sensor_key)
         entry = next((e for e in self.entries if e.device and e.device.device_id == reading.device_id), None)
         announced = entry.announced if entry is not None else self._remote_announced
         assert self._broker is not None

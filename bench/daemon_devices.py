@@ -1,0 +1,109 @@
+"""The whole daemon with N simulated MycoBrains at R Hz: CPU of the daemon process, gaps, readings stored.
+
+    .venv/bin/python -m bench.daemon_devices --boards 64 --rate 10 --duration 60
+
+Issue 3's acceptance is about the daemon, not the driver alone: every reading also goes to MQTT
+(telemetry + retained per-sensor state), to Home Assistant discovery once, and to the store with its
+outbox. The boards run in one child process (``python -m firmware_stubs mycobrain --count N``), the daemon
+in another (``mycoedge run``) against a real Mosquitto; CPU is read from /proc for both over the same
+window, so the stubs' cost is the baseline printed beside the daemon's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from daemon.mosquitto import MosquittoProcess, free_port, wait_for_port
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, proc(5)
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r'mycoedge_device_link_total\{counter="([^"]+)",device="[^"]+"\} (\S+)', line)
+        if match:
+            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(2))
+        match = re.match(r"mycoedge_device_streaming\{[^}]*\} (\S+)", line)
+        if match:
+            totals["streaming"] = totals.get("streaming", 0.0) + float(match.group(1))
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--boards", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds (acceptance: 60)")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--profile", default="", help="write a cProfile of the daemon to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        devdir = tmp / "dev"
+        devdir.mkdir()
+        with MosquittoProcess(tmp / "mqtt") as broker:
+            stubs = subprocess.Popen(
+                [sys.executable, "-m", "firmware_stubs", "mycobrain", "--count", str(args.boards), "--dir",
+                 str(devdir), "--rate", str(args.rate), "--boot-delay", "0.2"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert stubs.stdout is not None
+            ports = [stubs.stdout.readline().strip() for _ in range(args.boards)]
+            api = free_port()
+            lines = [f'[node]\nid = "bench"\nstate_dir = "{tmp}/state"\nruntime_dir = "{tmp}/run"',
+                     f'[api]\nlisten = "127.0.0.1:{api}"', f"[mqtt]\nport = {broker.port}",
+                     '[trust]\ntcti = "none"', "[discovery]\nmdns = false\nhotplug = false",
+                     '[logging]\nlevel = "WARNING"']
+            lines += [f'[[devices]]\nkind = "mycobrain"\nport = "{p}"\nstream_rate_hz = {args.rate}' for p in ports]
+            (tmp / "c.toml").write_text("\n".join(lines) + "\n")
+            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            daemon = subprocess.Popen([sys.executable, *profile, "-m", "daemon", "run", "--config",
+                                       str(tmp / "c.toml")], stderr=subprocess.DEVNULL)
+            try:
+                assert wait_for_port("127.0.0.1", api, 30), "daemon did not start"
+                deadline = time.monotonic() + 60
+                while scrape(api).get("streaming", 0) < args.boards and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(args.warmup)
+                before, d0, s0, t0 = scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid), time.monotonic()
+                time.sleep(args.duration)
+                after, d1, s1, t1 = scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid), time.monotonic()
+            finally:
+                daemon.terminate()
+                daemon.wait(timeout=30)
+                stubs.terminate()
+                stubs.wait(timeout=30)
+                stubs.stdout.close()
+    wall = t1 - t0
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    frames = delta("telemetry")
+    print(f"{args.boards} boards at {args.rate} Hz, {wall:.1f} s measured, all streaming: "
+          f"{int(after.get('streaming', 0))}/{args.boards}")
+    print(f"  telemetry frames {frames:.0f} ({frames / wall:.0f}/s), readings {delta('readings'):.0f}, "
+          f"sequence gaps {delta('seq_gaps'):.0f}, frames missed {delta('frames_missed'):.0f}, "
+          f"crc errors {delta('err_crc'):.0f}")
+    print(f"  {'process':28}{'CPU % of one core':>18}")
+    print(f"  {'daemon (goal <= 25)':28}{100 * (d1 - d0) / wall:>18.1f}")
+    print(f"  {'baseline: firmware stubs':28}{100 * (s1 - s0) / wall:>18.1f}")
+
+
+if __name__ == "__main__":
+    main()
