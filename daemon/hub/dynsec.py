@@ -182,6 +182,7 @@ class DynsecProvisioner:
         self._reconcilers: set[asyncio.Task[None]] = set()
         self.unprovisioned: set[str] = set()
         self.applied = 0  # complete reconciles (nothing left for a later one)
+        self.last_changes = 0
         self.reconciled = asyncio.Event()  # set by the first complete reconcile
         broker.on_connect(self._on_connect)
 
@@ -229,8 +230,8 @@ class DynsecProvisioner:
             roles = self.wanted_roles(accounts)
             listed = await self.client.check([{"command": "listRoles", "verbose": True},
                                               {"command": "listClients", "verbose": True}])
-            have_roles = {str(r["rolename"]): frozenset((str(a["acltype"]), str(a["topic"]))
-                                                        for a in r.get("acls", []) if a.get("allow"))
+            have_roles = {str(r["rolename"]): {(str(a["acltype"]), str(a["topic"])): bool(a.get("allow"))
+                                               for a in r.get("acls", [])}
                           for r in listed[0].get("data", {}).get("roles", [])}
             have_clients = {str(c["username"]): {str(r["rolename"]) for r in c.get("roles", [])}
                             for c in listed[1].get("data", {}).get("clients", [])}
@@ -242,6 +243,7 @@ class DynsecProvisioner:
             # Roles of revoked agents go after their clients (deleteRole keeps clients, but leaves no orphan).
             commands += [{"command": "deleteRole", "rolename": name} for name in sorted(have_roles)
                          if name.startswith(AGENT_ROLE_PREFIX) and name not in roles]
+            self.last_changes = len(commands) - 1 + len(grants)  # beyond the default-access command
             await self.client.check(commands)
             created = {c["username"] for c in commands if c["command"] == "createClient"}
             for username in created:
@@ -263,17 +265,20 @@ class DynsecProvisioner:
             self.reconciled.set()
 
     def _role_commands(self, roles: Mapping[str, frozenset[Acl]],
-                       have: Mapping[str, frozenset[Acl]]) -> list[dict[str, Any]]:
+                       have: Mapping[str, Mapping[Acl, bool]]) -> list[dict[str, Any]]:
+        """Exactly the wanted ACLs, all ``allow``: extra ones and ``deny`` ones (an ACL is named by its type
+        and topic, so a deny must go before the allow can be added) are removed first."""
         commands: list[dict[str, Any]] = []
         for name, acls in sorted(roles.items()):
             if name not in have:
                 commands.append({"command": "createRole", "rolename": name, "acls": [
                     {"acltype": t, "topic": topic, "allow": True} for t, topic in sorted(acls)]})
                 continue
-            commands += [{"command": "addRoleACL", "rolename": name, "acltype": t, "topic": topic, "allow": True}
-                         for t, topic in sorted(acls - have[name])]
+            right = {acl for acl, allow in have[name].items() if allow and acl in acls}
             commands += [{"command": "removeRoleACL", "rolename": name, "acltype": t, "topic": topic}
-                         for t, topic in sorted(have[name] - acls)]
+                         for t, topic in sorted(set(have[name]) - right)]
+            commands += [{"command": "addRoleACL", "rolename": name, "acltype": t, "topic": topic, "allow": True}
+                         for t, topic in sorted(acls - right)]
         return commands
 
     def _client_commands(self, accounts: Sequence[BrokerAccount],

@@ -174,15 +174,23 @@ async def test_apply_is_idempotent_and_corrects_drift(dnode: HubNode) -> None:
     await _settled(dnode)
     await dnode.register("agent-a", capabilities=["DEVICE_READ"])
     prov = _provisioner(dnode)
-    # Someone widens agent-a's role by hand and grants it a second role: the next apply undoes both.
+    # Someone widens agent-a's role, turns one of its rights into a deny and grants it a second role by
+    # hand: the next apply undoes all three.
     await prov.client.check([
         {"command": "addRoleACL", "rolename": "agent-agent-a", "acltype": SEND, "topic": "#", "allow": True},
+        {"command": "removeRoleACL", "rolename": "agent-agent-a", "acltype": RECEIVE,
+         "topic": f"{BASE}/agents/agent-a/inbox"},
+        {"command": "addRoleACL", "rolename": "agent-agent-a", "acltype": RECEIVE,
+         "topic": f"{BASE}/agents/agent-a/inbox", "allow": False},
         {"command": "addClientRole", "username": "agent-a", "rolename": SERVICE_ROLE}])
     await prov.apply(dnode.hub.registry.accounts())
+    assert prov.last_changes == 4  # removeRoleACL x2 (the "#" and the deny), addRoleACL, removeClientRole
     await prov.apply(dnode.hub.registry.accounts())
+    assert prov.last_changes == 0  # nothing left to change: the second apply is a no-op
     resp = await prov.client.check([{"command": "getRole", "rolename": "agent-agent-a"},
                                     {"command": "getClient", "username": "agent-a"},
                                     {"command": "getDefaultACLAccess"}])
+    assert all(acl["allow"] for acl in resp[0]["data"]["role"]["acls"])
     have = {(acl["acltype"], acl["topic"]) for acl in resp[0]["data"]["role"]["acls"]}
     assert have == prov.wanted_roles(list(dnode.hub.registry.accounts()))["agent-agent-a"]
     assert (SUBSCRIBE, f"{BASE}/devices/+/telemetry") in have and (SEND, "#") not in have
