@@ -231,8 +231,10 @@ def build_app(
     readiness: Readiness,
     registry: CollectorRegistry,
     state: dict[web.AppKey[Any], Any] | None = None,
+    middlewares: Sequence[Any] = (),
 ) -> web.Application:
-    app = web.Application(middlewares=_middlewares(registry), client_max_size=1024 * 1024)
+    """The application; extra ``middlewares`` run inside authentication (the principal is known to them)."""
+    app = web.Application(middlewares=[*_middlewares(registry), *middlewares], client_max_size=1024 * 1024)
     operations: list[Operation] = []
     mounted: set[tuple[str, str]] = set()
     for table in [core, *tables]:

@@ -261,7 +261,8 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         state[attest.TRUST_BOOK_KEY] = node.hub.trust
         resolvers.append(node.hub.token_resolver)
         tables = [*node.hub.routes_tables(), *tables]  # the hub's gated memory routes win over the store's
-    app = build_app(tables=tables, resolvers=resolvers, readiness=readiness, registry=node.registry, state=state)
+    app = build_app(tables=tables, resolvers=resolvers, readiness=readiness, registry=node.registry, state=state,
+                    middlewares=[attest.signed_writes])
     node.api = await stack.enter_async_context(ApiServer(app, listen=listen, socket_path=socket_path))
     readiness.up("api")
     log.info("API on %s", ", ".join(node.api.bound))

@@ -8,6 +8,8 @@ TXT) when the node's level changes. Without a TPM the node runs on a software ke
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -32,12 +34,12 @@ from attestation import (
     VerifierPolicy,
 )
 from attestation.model import Evidence
-from daemon.api import principal, require_admin
+from daemon.api import PRINCIPAL_KEY, principal, require_admin
 from daemon.config import Config
-from daemon.openapi import Routes, read_json
+from daemon.openapi import Handler, Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
 from daemon.store.signing import ECDSA_P256, key_id_for
-from daemon.trust import TrustBook
+from daemon.trust import REQUEST_LEVEL, TrustBook
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,43 @@ async def verify(request: web.Request) -> web.Response:
         # Every gate reads levels from the TrustBook: this is where an attested agent's level 3 takes effect.
         book.grant(who.id, int(grant.level), grant.expires_at, basis="attestation")
     return web.json_response(grant.to_json())
+
+
+SIGNATURE_HEADER = "X-Mycoedge-Signature"  # base64 of the AK's signature over write_message(...)
+TIMESTAMP_HEADER = "X-Mycoedge-Timestamp"  # the Unix time the agent signed with
+
+
+@web.middleware
+async def signed_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Level 4 for one write: the agent signed method, path, body and time with its attested TPM key.
+
+    Runs after authentication (the principal is known). A request without the headers is untouched; one
+    with a signature that does not verify is refused outright rather than silently served at a lower level.
+    """
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if signature is None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return await handler(request)
+    who = request.get(PRINCIPAL_KEY)
+    verifier = request.app.get(VERIFIER_KEY)
+    if who is None or verifier is None:
+        return await handler(request)
+    try:
+        timestamp = float(request.headers.get(TIMESTAMP_HEADER, ""))
+        raw_signature = base64.b64decode(signature, validate=True)
+    except (ValueError, binascii.Error):
+        raise Problem(400, f"{SIGNATURE_HEADER} must be base64 and {TIMESTAMP_HEADER} a Unix time",
+                      kind="bad-signature-headers") from None
+    body = await request.read()  # aiohttp keeps it for the handler
+    try:
+        grant = verifier.verify_signed_write(who.id, method=request.method, path=request.path, body=body,
+                                             timestamp=timestamp, signature=raw_signature)
+    except AttestationError as exc:
+        raise _refused(exc) from None
+    token = REQUEST_LEVEL.set((who.id, int(grant.level)))
+    try:
+        return await handler(request)
+    finally:
+        REQUEST_LEVEL.reset(token)
 
 
 def attested_level(verifier: Verifier, subject: str) -> TrustLevel:

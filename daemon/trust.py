@@ -8,6 +8,7 @@ book only, so a level earned elsewhere applies to the very next request.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -63,6 +64,12 @@ class TrustGrant:
     basis: str
 
 
+# Level 4 holds for one request only (a write signed by the agent's attested TPM key): the attestation
+# middleware sets it for the request's task, and TrustBook.level honours it for that subject alone.
+REQUEST_LEVEL: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "mycoedge_request_level", default=None)
+
+
 class TrustBook:
     """Each agent's current trust level: the floor it authenticates with, raised by grants that expire.
 
@@ -81,6 +88,11 @@ class TrustBook:
         self._listeners.append(listener)
 
     def level(self, subject: str) -> int:
+        request = REQUEST_LEVEL.get()
+        boost = request[1] if request is not None and request[0] == subject else 0
+        return max(boost, self._stored_level(subject))
+
+    def _stored_level(self, subject: str) -> int:
         now = self._clock()
         with self._lock:
             grants = self._grants.get(subject)

@@ -139,3 +139,48 @@ async def test_the_tpm_key_signs_the_block_log_and_a_sealed_key_encrypts_payload
     again = await run_node(None)
     assert again["verify"]["ok"] is True
     assert base64.b64decode(again["blocks"][0]["payload_b64"]) == b"spore count 1.2e6/m3"
+
+
+async def test_a_write_signed_by_the_attested_key_is_level_4_for_that_request_only(
+    tmp_path: Path, swtpm_a: Swtpm, swtpm_b: Swtpm
+) -> None:
+    import base64
+    import json
+    import time
+
+    raw = node_config(tmp_path, trust={"tcti": swtpm_a.tcti, "ek_ca_bundle": str(swtpm_a.ca_bundle)},
+                      hub={"trust_gates": "write_shared=4"})
+    async with running_node(raw) as running, aiohttp.ClientSession() as session:
+        url, admin = running.url, running.headers
+        async with session.post(url + "/v1/agents", headers=admin,
+                                json={"id": "signer", "type": "HUMAN", "owner": "ops"}) as resp:
+            agent = {"Authorization": f"Bearer {(await resp.json())['credentials']['api_token']}"}
+        async with session.post(url + "/v1/pools", headers=admin, json={"name": "p", "scope": "TEAM"}) as resp:
+            pool = (await resp.json())["id"]
+        async with session.post(f"{url}/v1/pools/{pool}/members", headers=admin,
+                                json={"agent_id": "signer", "permission": "WRITE"}) as resp:
+            assert resp.status == 200
+        body = json.dumps({"content": "hyphal growth 3 mm/day", "pool": pool}).encode()
+        async with Attester(swtpm_b.tcti) as tpm:
+            async with session.post(url + "/v1/attestation/challenge", headers=agent,
+                                    json=(await tpm.identity()).to_json()) as resp:
+                challenge = Challenge.from_json(await resp.json())
+            async with session.post(url + "/v1/attestation/verify", headers=agent,
+                                    json=(await tpm.respond(challenge)).to_json()) as resp:
+                assert resp.status == 200
+            plain = {**agent, "Content-Type": "application/json"}
+            async with session.post(url + "/v1/memories", headers=plain, data=body) as resp:
+                refused = await resp.json(content_type=None)
+                assert resp.status == 403 and refused["needed_level"] == 4, refused  # level 3 is not enough
+            ts = time.time()
+            signature = await tpm.sign_write(method="POST", path="/v1/memories", body=body, timestamp=ts)
+        signed = {**plain, "X-Mycoedge-Signature": base64.b64encode(signature).decode(),
+                  "X-Mycoedge-Timestamp": f"{ts:.3f}"}
+        async with session.post(url + "/v1/memories", headers=signed, data=body) as resp:
+            assert resp.status == 201, await resp.text()
+        async with session.post(url + "/v1/memories", headers=signed, data=body) as resp:
+            problem = await resp.json(content_type=None)
+            assert resp.status == 403 and problem["reason"] == "nonce_replayed"
+        # Level 4 held for that request only.
+        async with session.post(url + "/v1/memories", headers=plain, data=body) as resp:
+            assert resp.status == 403
