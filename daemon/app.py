@@ -367,6 +367,8 @@ def _build_hub(node: Node, store: Store) -> Hub:
         audit_messages=cfg.audit_messages,
         metrics=node.registry,
         mcp=cfg.mcp,
+        broker_dynsec=cfg.mosquitto_dynsec,
+        broker_service_user=node.config.mqtt.username or None,
     )
 
 

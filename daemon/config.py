@@ -182,6 +182,10 @@ class HubConfig:
         "Mosquitto `acl_file` the hub writes per-agent topic rights to."))
     mosquitto_pid_file: str = field(default="/run/mosquitto/mosquitto.pid", metadata=_doc(
         "PID file of the broker, sent SIGHUP to reload the two files."))
+    mosquitto_dynsec: bool = field(default=False, metadata=_doc(
+        "Provision agents' MQTT users and rights through Mosquitto's dynamic-security plugin (the daemon's MQTT"
+        " user must be a dynsec admin) instead of password/ACL files; the way that works under the hardened"
+        " unit."))
     jwks_path: str = field(default="", metadata=_doc(
         "JWKS (JSON) of the MAS identity provider; a JWT verified against it earns trust level 2."))
     jwt_issuer: str = field(default="", metadata=_doc("Expected JWT `iss` (empty: not checked)."))
