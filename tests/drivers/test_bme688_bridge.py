@@ -3,39 +3,17 @@ line faults, stall and unplug."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from drivers import bme688 as b
 from drivers.bme688_bridge import Bme688Bridge, BridgeLineError, parse_cal, parse_fld, parse_hello
-from drivers.device import Device, DeviceEvent, LinkState
+from drivers.device import Device, LinkState
 from drivers.link import Backoff
-from drivers.model import Reading
 from firmware_stubs.bme688 import DEFAULT_CALIBRATION, Bme688BridgeStub
-
-
-@dataclass
-class Recorder:
-    readings: list[Reading] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        pass
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polls state that pty callbacks change, bounded by the timeout
-            await asyncio.sleep(0.01)
+from tests.recording import Recorder, wait_for
 
 
 @dataclass

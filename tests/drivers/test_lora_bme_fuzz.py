@@ -9,35 +9,19 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 
 from drivers import mdp
 from drivers.bme688 import FIELD_LEN
 from drivers.bme688_bridge import Bme688Bridge
-from drivers.device import Device, DeviceEvent
+from drivers.device import Device
 from drivers.lora_gateway import LoraGateway
-from drivers.model import Reading
 from drivers.nmea import encode_line
 from drivers.rui3 import Rui3Modem
 from firmware_stubs.bme688 import DEFAULT_CALIBRATION
 from firmware_stubs.radio import over_the_air
-
-
-@dataclass
-class Recorder:
-    readings: list[Reading] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        pass
+from tests.recording import Recorder
 
 
 def _fragments() -> list[bytes]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
@@ -15,13 +14,13 @@ from hypothesis import strategies as st
 
 from drivers import lora_gateway as gw
 from drivers import mdp
-from drivers.device import Device, DeviceEvent, LinkState
+from drivers.device import LinkState
 from drivers.errors import CodecError
 from drivers.link import Backoff
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings
-from drivers.model import Reading
 from firmware_stubs.lora_gateway import LoraGatewayStub
 from firmware_stubs.radio import RadioChannel, RadioNode, RemoteMycoBrain
+from tests.recording import Recorder, wait_for
 
 
 def test_firmware_lines_are_classified() -> None:
@@ -53,27 +52,6 @@ def test_arbitrary_lines_raise_only_codec_errors(data: bytes) -> None:
 def test_arbitrary_objects_raise_only_codec_errors(doc: dict[str, object]) -> None:
     with contextlib.suppress(gw.GatewayLineError):
         gw.parse_line(json.dumps(doc).encode())
-
-
-@dataclass
-class Recorder:
-    readings: list[Reading] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        pass
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polls state that pty callbacks change, bounded by the timeout
-            await asyncio.sleep(0.01)
 
 
 class Clock:

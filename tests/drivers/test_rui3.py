@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers import rui3
-from drivers.device import Device, DeviceEvent, LinkState
+from drivers.device import Device, LinkState
 from drivers.errors import CodecError
 from drivers.link import Backoff
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings
-from drivers.model import Reading
 from firmware_stubs.radio import LinkQuality, RadioChannel, RemoteMycoBrain
 from firmware_stubs.rui3 import Rui3ModemStub
+from tests.recording import Recorder, wait_for
 
 
 # --- codec ------------------------------------------------------------------------------------------
@@ -65,26 +65,6 @@ def test_rx_prefixed_garbage_never_escapes(text: str) -> None:
 
 
 # --- end to end -------------------------------------------------------------------------------------
-@dataclass
-class Recorder:
-    readings: list[Reading] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-    states: list[LinkState] = field(default_factory=list)
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        self.states.append(device.state)
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polls state that pty callbacks change, bounded by the timeout
-            await asyncio.sleep(0.01)
 
 
 class Clock:

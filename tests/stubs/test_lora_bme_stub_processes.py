@@ -6,34 +6,12 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from drivers.bme688_bridge import Bme688Bridge
-from drivers.device import Device, DeviceEvent, LinkState
+from drivers.device import LinkState
 from drivers.link import Backoff
-from drivers.model import Reading
 from drivers.rui3 import Rui3Modem
-
-
-@dataclass
-class Recorder:
-    readings: list[Reading] = field(default_factory=list)
-    events: list[DeviceEvent] = field(default_factory=list)
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        pass
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 8.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polls state that pty callbacks change, bounded by the timeout
-            await asyncio.sleep(0.02)
+from tests.recording import Recorder, wait_for
 
 
 @asynccontextmanager
@@ -59,7 +37,7 @@ async def test_bme688_stub_process_feeds_the_driver() -> None:
         stub_process("firmware_stubs.bme688", "--rate-ms", "50", "--serial", "00BEEF", "--duration", "20") as path,
         Bme688Bridge(path, rec, rate_ms=50, backoff=Backoff(base_s=0.05, cap_s=0.2)) as bridge,
     ):
-        await wait_for(lambda: len(rec.readings) >= 2)
+        await wait_for_long(lambda: len(rec.readings) >= 2)
         assert bridge.device_id == "bme688-00beef"
         assert rec.readings[-1].valid
         assert 20 < rec.readings[-1].quantities["temperature_c"].value < 30
@@ -73,6 +51,10 @@ async def test_rui3_stub_process_delivers_remote_telemetry() -> None:
         ) as path,
         Rui3Modem(path, rec, backoff=Backoff(base_s=0.05, cap_s=0.2)) as modem,
     ):
-        await wait_for(lambda: modem.state is LinkState.STREAMING)
-        await wait_for(lambda: any(r.sensor == "lora_link" for r in rec.readings))
+        await wait_for_long(lambda: modem.state is LinkState.STREAMING)
+        await wait_for_long(lambda: any(r.sensor == "lora_link" for r in rec.readings))
         assert {r.device_id for r in rec.readings} == {"mycobrain-c0ffee"}
+
+
+async def wait_for_long(cond: Callable[[], bool], timeout: float = 8.0) -> None:
+    await wait_for(cond, timeout)
