@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -126,6 +127,8 @@ async def run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(_loop_exception)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape for nothing
     registry = CollectorRegistry()
     Info("mycoedge_build", "Version of the running daemon", registry=registry).info(
@@ -146,7 +149,19 @@ async def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+        loop.set_exception_handler(previous_handler)
         notifier.close()
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiomqtt schedules ``add_writer`` for paho's socket from paho's callback; when the broker drops the
+    connection in between, the socket is closed by the time the loop runs it (EBADF). The link notices the
+    disconnect and reconnects on its own, so this one race is a warning, not an unhandled-error traceback."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and exc.errno == errno.EBADF and "add_writer" in repr(context.get("handle")):
+        log.warning("broker socket closed under a pending write; the link reconnects")
+        return
+    loop.default_exception_handler(context)
 
 
 async def _start(node: Node, stack: AsyncExitStack) -> None:
