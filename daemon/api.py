@@ -12,7 +12,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -315,8 +315,3 @@ class ApiServer:
                 if sockets:
                     return int(sockets[0].getsockname()[1])
         return None
-
-
-def iter_operations(app: web.Application) -> Iterable[Operation]:
-    operations: list[Operation] = app[ROUTES_KEY]
-    return list(operations)

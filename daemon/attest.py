@@ -29,7 +29,6 @@ from attestation import (
     NodeAttestor,
     NodeTrust,
     PcrSelection,
-    TrustLevel,
     Verifier,
     VerifierPolicy,
 )
@@ -258,8 +257,3 @@ async def signed_writes(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     finally:
         REQUEST_LEVEL.reset(token)
-
-
-def attested_level(verifier: Verifier, subject: str) -> TrustLevel:
-    """The level a subject currently holds through attestation (0 when none or expired)."""
-    return verifier.level(subject)

@@ -129,10 +129,6 @@ async def read_json(request: web.Request) -> Any:
     return body
 
 
-def query_param(request: web.Request, name: str, *, default: str | None = None) -> str | None:
-    return request.query.get(name, default)
-
-
 def int_query(request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int = 10_000) -> int:
     text = request.query.get(name)
     if text is None:
