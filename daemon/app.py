@@ -182,9 +182,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         NodeAttestor(attest.attestation_config(config), on_change=trust_changed)
     )
     attestor = node.attestor
-    node.trust_label = attest.trust_label(attestor.trust)
-    if attestor.trust.mode == "software":
-        log.warning("no TPM: running on a software key, trust capped at level 2 (trust: software)")
+    node.trust_label = attest.trust_label(attestor.trust)  # the attestor itself warns loudly without a TPM
     verifier = attest.remote_verifier(attestor, config)
     node.registry.register(attest.TrustCollector(attestor, verifier))
     node.status_parts.append(lambda: f"trust {node.trust_label}")
@@ -241,7 +239,6 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     if sync_worker is not None:
         node.sync = await stack.enter_async_context(sync_worker)
         node.status_parts.append(lambda: "sync on")
-
 
     node.fleet = DeviceFleet(
         config.devices,
