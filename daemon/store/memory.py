@@ -605,9 +605,11 @@ class Memory:
     # -- search ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _where(flt: MemoryFilter, now: float, alias: str = "m") -> tuple[str, list[Any]]:
-        clauses = [f"({alias}.expires_at IS NULL OR {alias}.expires_at > ?)"]
-        args: list[Any] = [now]
+    def _column_filters(flt: MemoryFilter, alias: str) -> tuple[list[str], list[Any]]:
+        """Owner equality and pool/scope/visibility/type membership, shared by the item and vector queries.
+        An empty membership list matches nothing (``0``)."""
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in (("owner_type", flt.owner_type), ("owner_id", flt.owner_id)):
             if value is not None:
                 clauses.append(f"{alias}.{column} = ?")
@@ -618,10 +620,16 @@ class Memory:
             if values is not None:
                 chosen = list(values)
                 if not chosen:
-                    clauses.append("0")
-                    continue
+                    return ["0"], []
                 clauses.append(f"{alias}.{column} IN ({','.join('?' * len(chosen))})")
                 args.extend(chosen)
+        return clauses, args
+
+    @staticmethod
+    def _where(flt: MemoryFilter, now: float, alias: str = "m") -> tuple[str, list[Any]]:
+        columns, column_args = Memory._column_filters(flt, alias)
+        clauses = [f"({alias}.expires_at IS NULL OR {alias}.expires_at > ?)", *columns]
+        args: list[Any] = [now, *column_args]
         if flt.reader is not None:
             allowed = list(flt.reader_visibility)
             marks = ",".join("?" * len(allowed)) or "NULL"
@@ -641,22 +649,10 @@ class Memory:
 
     @staticmethod
     def _vec_where(flt: MemoryFilter, now: float) -> tuple[str, list[Any]]:
-        clauses = ["v.expires_at > ?"]
-        args: list[Any] = [now]
-        for column, value in (("owner_type", flt.owner_type), ("owner_id", flt.owner_id)):
-            if value is not None:
-                clauses.append(f"v.{column} = ?")
-                args.append(value)
-        for column, values in (
-            ("pool", flt.pools), ("scope", flt.scopes), ("visibility", flt.visibility), ("type", flt.types)
-        ):
-            if values is not None:
-                chosen = list(values)
-                if not chosen:
-                    return "0", []
-                clauses.append(f"v.{column} IN ({','.join('?' * len(chosen))})")
-                args.extend(chosen)
-        return " AND ".join(clauses), args
+        columns, column_args = Memory._column_filters(flt, "v")
+        if columns == ["0"]:
+            return "0", []
+        return " AND ".join(["v.expires_at > ?", *columns]), [now, *column_args]
 
     async def search(
         self,
