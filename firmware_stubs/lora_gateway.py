@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import struct
 import sys
 from typing import Any, Self
@@ -27,7 +25,14 @@ from typing import Any, Self
 from drivers import mdp
 from drivers.lora_airtime import LoRaSettings
 from firmware_stubs.pty import PtyPort
-from firmware_stubs.radio import LinkQuality, RadioChannel, RadioNode, RemoteMycoBrain, over_the_air
+from firmware_stubs.radio import (
+    LinkQuality,
+    RadioChannel,
+    RadioNode,
+    RemoteMycoBrain,
+    over_the_air,
+    stream_remote_until_signalled,
+)
 
 CMD_HEADER = struct.Struct("<HH")  # mdp_cmd_v1_t after the header: cmd_id, cmd_len
 MAX_PAYLOAD = 900  # cfg::MAX_PAYLOAD in the gateway firmware
@@ -173,19 +178,9 @@ async def run(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     channel = RadioChannel(settings=LoRaSettings(sf=args.sf), loss=args.loss, corruption=args.corruption)
     remote = RemoteMycoBrain(channel)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     async with LoraGatewayStub(channel, path=args.path) as gw:
         print(gw.path, flush=True)
-        started = loop.time()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.telemetry_every)
-            if args.duration and loop.time() - started >= args.duration:
-                break
-            remote.send_telemetry()
+        await stream_remote_until_signalled(remote, every_s=args.telemetry_every, duration_s=args.duration)
     channel.close()
 
 

@@ -14,7 +14,9 @@ HELLO, sends TELEMETRY periodically, and answers a ``hello`` command with a HELL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -222,3 +224,23 @@ class RemoteMycoBrain:
         self.commands.append(body)
         if body.get("cmd") == "hello":
             asyncio.get_running_loop().call_later(self.reply_delay_s, lambda: self.send_hello(ack=frame.seq))
+
+
+async def stream_remote_until_signalled(
+    remote: RemoteMycoBrain, *, every_s: float, duration_s: float = 0.0
+) -> None:
+    """Send the remote board's telemetry every ``every_s`` until SIGINT/SIGTERM (or ``duration_s``, if set).
+
+    The loop the RUI3 and gateway stubs run by hand: the radio peer of whichever host device is under test.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = loop.time()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if duration_s and loop.time() - started >= duration_s:
+            break
+        remote.send_telemetry()

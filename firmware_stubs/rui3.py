@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from typing import Self
 
 from drivers.lora_airtime import LoRaSettings
 from drivers.nmea import LineSplitter
 from firmware_stubs.pty import PtyPort
-from firmware_stubs.radio import LinkQuality, RadioChannel, RadioNode, RemoteMycoBrain
+from firmware_stubs.radio import LinkQuality, RadioChannel, RadioNode, RemoteMycoBrain, stream_remote_until_signalled
 
 BANNER = (
     "RAKwireless RAK3172-E Example",
@@ -213,20 +212,10 @@ async def run(argv: list[str] | None = None) -> None:
         settings=LoRaSettings(sf=args.sf), loss=args.loss, corruption=args.corruption, delay_s=args.delay
     )
     remote = RemoteMycoBrain(channel, device_id=args.device_id)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     async with Rui3ModemStub(channel, path=args.path) as modem:
         print(modem.path, flush=True)
         remote.send_hello()
-        started = loop.time()
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.telemetry_every)
-            if args.duration and loop.time() - started >= args.duration:
-                break
-            remote.send_telemetry()
+        await stream_remote_until_signalled(remote, every_s=args.telemetry_every, duration_s=args.duration)
     channel.close()
 
 
