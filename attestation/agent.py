@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from attestation.challenge import write_message
 from attestation.model import AttesterIdentity, Challenge, Evidence
 from attestation.runner import ResourceThread
-from attestation.tpm import Tpm
+
+if TYPE_CHECKING:
+    from attestation.tpm import Tpm
 
 T = TypeVar("T")
 
@@ -37,6 +39,8 @@ class Attester:
     """A TPM-backed attester: ``identity()`` for the challenge request, ``respond()`` for the verify request."""
 
     def __init__(self, tcti: str, *, state_dir: Path | None = None, ek_kind: str = "rsa2048") -> None:
+        from attestation.tpm import Tpm
+
         self.tcti = tcti
         self._thread: ResourceThread[Tpm] = ResourceThread(
             lambda: Tpm.open(tcti, state_dir=state_dir, ek_kind=ek_kind), Tpm.close, name=f"tpm:{tcti}"
@@ -56,7 +60,7 @@ class Attester:
         return await self._thread.call(fn)
 
     async def identity(self) -> AttesterIdentity:
-        return await self._thread.call(Tpm.identity)
+        return await self._thread.call(lambda tpm: tpm.identity())
 
     async def respond(self, challenge: Challenge, *, event_log: bytes | None = None) -> Evidence:
         return await self._thread.call(lambda tpm: answer_challenge(tpm, challenge, event_log=event_log))

@@ -27,9 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from tpm2_pytss import TSS2_Exception
-from tpm2_pytss.utils import make_credential
-
 from attestation.errors import (
     AkNotBoundError,
     AttestationError,
@@ -190,6 +187,9 @@ class Verifier:
         selection = pcr_selection or self.policy.pcr_selection
         blob = encrypted = secret = None
         if identity is not None:
+            from tpm2_pytss import TSS2_Exception
+            from tpm2_pytss.utils import make_credential
+
             try:
                 ak = read_ak_public(identity.ak_public, self.policy.algorithms)
                 ek = read_public(identity.ek_public, "EK public")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -36,8 +36,10 @@ from attestation.model import AttesterIdentity, Challenge, Evidence
 from attestation.pcr import PcrPolicy, PcrSelection
 from attestation.runner import ResourceThread
 from attestation.software import SoftwareKey
-from attestation.tpm import Tpm
 from attestation.verify import ek_id, load_certificate, read_public, verify_ek_certificate
+
+if TYPE_CHECKING:
+    from attestation.tpm import Tpm
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,6 +119,8 @@ def _open_backend(config: NodeAttestationConfig) -> _Backend:
     ca_bundle = config.ca_bundle.read_bytes() if config.ca_bundle is not None else None
     config.state_dir.mkdir(parents=True, exist_ok=True)
     if config.tcti is not None:
+        from attestation.tpm import Tpm  # tpm2-pytss only when there is a TPM to talk to
+
         try:
             tpm = Tpm.open(config.tcti, state_dir=config.state_dir, ek_kind=config.ek_kind)
         except TpmUnavailableError:
@@ -289,6 +293,8 @@ class NodeAttestor:
         config = self.config
 
         def reopen(backend: _Backend) -> None:
+            from attestation.tpm import Tpm
+
             assert config.tcti is not None
             fresh = Tpm.open(config.tcti, state_dir=config.state_dir, ek_kind=config.ek_kind)
             if backend.tpm is not None:

@@ -7,21 +7,24 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-from tpm2_pytss import TPML_PCR_SELECTION, TPMS_PCR_SELECTION
-from tpm2_pytss.constants import TPM2_ALG
+from typing import TYPE_CHECKING
 
 from attestation.errors import PcrMismatchError, PcrSelectionError
 
 # PC Client Platform TPM Profile (PTP) 2.0, section 4.6: a PC client TPM has 24 PCRs per bank.
 PCR_COUNT = 24
 
-# Banks we accept: name -> (TPM_ALG_ID, digest size). TCG Algorithm Registry 1.32, table 3.
-BANKS: Mapping[str, tuple[TPM2_ALG, int]] = {
-    "sha1": (TPM2_ALG.SHA1, 20),
-    "sha256": (TPM2_ALG.SHA256, 32),
-    "sha384": (TPM2_ALG.SHA384, 48),
-    "sha512": (TPM2_ALG.SHA512, 64),
+if TYPE_CHECKING:
+    from tpm2_pytss import TPML_PCR_SELECTION
+
+# Banks we accept: name -> (TPM_ALG_ID, digest size). TCG Algorithm Registry 1.32, table 3. Plain integers,
+# so that parsing selections and evidence does not load tpm2-pytss (about 20 MB of RSS): a node without a
+# TPM never needs it.
+BANKS: Mapping[str, tuple[int, int]] = {
+    "sha1": (0x0004, 20),  # TPM_ALG_SHA1
+    "sha256": (0x000B, 32),  # TPM_ALG_SHA256
+    "sha384": (0x000C, 48),  # TPM_ALG_SHA384
+    "sha512": (0x000D, 64),  # TPM_ALG_SHA512
 }
 _BANK_BY_ALG = {int(alg): name for name, (alg, _) in BANKS.items()}
 _INDEX = re.compile(r"^(\d{1,2})(?:-(\d{1,2}))?$")
@@ -89,12 +92,16 @@ class PcrSelection:
 
     def to_tpml(self) -> TPML_PCR_SELECTION:
         """The TPML_PCR_SELECTION for TPM2_Quote / TPM2_PCR_Read."""
+        from tpm2_pytss import TPML_PCR_SELECTION, TPMS_PCR_SELECTION
+        from tpm2_pytss.constants import TPM2_ALG
+
         selections = []
         for bank, indices in self.banks:
             bitmap = bytearray(3)  # TPM 2.0 Part 2, 10.6.1: pcrSelect is a bitmap, PCR n at byte n/8 bit n%8
             for i in indices:
                 bitmap[i // 8] |= 1 << (i % 8)
-            selections.append(TPMS_PCR_SELECTION(hash=BANKS[bank][0], sizeofSelect=3, pcrSelect=bytes(bitmap)))
+            alg = TPM2_ALG(BANKS[bank][0])
+            selections.append(TPMS_PCR_SELECTION(hash=alg, sizeofSelect=3, pcrSelect=bytes(bitmap)))
         return TPML_PCR_SELECTION(selections)
 
     @classmethod

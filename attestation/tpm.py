@@ -381,7 +381,7 @@ class Tpm:
         alg, size = BANKS[bank]
         if len(digest) != size:
             raise AttestationError(f"a {bank} PCR extends with {size}-byte digests")
-        value = TPMT_HA(hashAlg=alg)
+        value = TPMT_HA(hashAlg=TPM2_ALG(alg))
         value.digest.sha512 = digest + bytes(64 - size)  # union member of the largest size, TPM 2.0 Part 2 10.3.1
         with _tpm_errors("extending a PCR"):
             self.ectx.pcr_extend(ESYS_TR.PCR0 + index, TPML_DIGEST_VALUES([value]))

@@ -10,19 +10,18 @@ AK/EK public = TPM2B_PUBLIC (``tpm2_createak -u``, ``tpm2_createek -u``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from tpm2_pytss import TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE, TSS2_Exception
-from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPM2_GENERATED, TPM2_ST, TPMA_OBJECT
 
 from attestation.errors import (
     AkAttributesError,
@@ -38,19 +37,34 @@ from attestation.errors import (
 )
 from attestation.pcr import PcrSelection, PcrValues, pcr_composite_digest
 
-_HASHES: dict[int, tuple[str, Callable[[], hashes.HashAlgorithm]]] = {
-    int(TPM2_ALG.SHA1): ("sha1", hashes.SHA1),
-    int(TPM2_ALG.SHA256): ("sha256", hashes.SHA256),
-    int(TPM2_ALG.SHA384): ("sha384", hashes.SHA384),
-    int(TPM2_ALG.SHA512): ("sha512", hashes.SHA512),
-}
-_CURVES: dict[int, tuple[str, Callable[[], ec.EllipticCurve]]] = {
-    int(TPM2_ECC.NIST_P256): ("p256", ec.SECP256R1),
-    int(TPM2_ECC.NIST_P384): ("p384", ec.SECP384R1),
-    int(TPM2_ECC.NIST_P521): ("p521", ec.SECP521R1),
-}
-# TPM 2.0 Part 2, 12.2.3.2 / 8.3: an AK must be a restricted signing key that never left this TPM.
-_AK_REQUIRED = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+if TYPE_CHECKING:
+    from tpm2_pytss import TPM2B_PUBLIC, TPMS_ATTEST
+
+# tpm2-pytss (with its cffi bindings, about 20 MB of RSS) is imported inside the functions that unmarshal
+# TPM structures, not at module level: a node without a TPM that never verifies a quote never loads it.
+
+
+@functools.cache
+def _hashes() -> dict[int, tuple[str, Callable[[], hashes.HashAlgorithm]]]:
+    from tpm2_pytss.constants import TPM2_ALG
+
+    return {
+        int(TPM2_ALG.SHA1): ("sha1", hashes.SHA1),
+        int(TPM2_ALG.SHA256): ("sha256", hashes.SHA256),
+        int(TPM2_ALG.SHA384): ("sha384", hashes.SHA384),
+        int(TPM2_ALG.SHA512): ("sha512", hashes.SHA512),
+    }
+
+
+@functools.cache
+def _curves() -> dict[int, tuple[str, Callable[[], ec.EllipticCurve]]]:
+    from tpm2_pytss.constants import TPM2_ECC
+
+    return {
+        int(TPM2_ECC.NIST_P256): ("p256", ec.SECP256R1),
+        int(TPM2_ECC.NIST_P384): ("p384", ec.SECP384R1),
+        int(TPM2_ECC.NIST_P521): ("p521", ec.SECP521R1),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +129,8 @@ def _unmarshal(cls: Any, data: bytes, what: str) -> Any:
     """Unmarshal a whole TPM structure with tpm2-pytss; trailing bytes or any library error -> format error."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise EvidenceFormatError(f"{what}: expected bytes")
+    from tpm2_pytss import TSS2_Exception
+
     data = bytes(data)
     try:
         obj, used = cls.unmarshal(data)
@@ -127,6 +143,9 @@ def _unmarshal(cls: Any, data: bytes, what: str) -> Any:
 
 def read_public(public_bytes: bytes, what: str = "public area") -> KeyInfo:
     """Read a marshalled TPM2B_PUBLIC (RSA or ECC) into a KeyInfo; anything else is a typed error."""
+    from tpm2_pytss import TPM2B_PUBLIC, TSS2_Exception
+    from tpm2_pytss.constants import TPM2_ALG
+
     public = _unmarshal(TPM2B_PUBLIC, public_bytes, what)
     area = public.publicArea
     try:
@@ -149,9 +168,10 @@ def read_public(public_bytes: bytes, what: str = "public area") -> KeyInfo:
         raise EvidenceFormatError(f"{what}: not a usable key ({type(exc).__name__})") from None
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     if key_type == TPM2_ALG.ECC:
-        if curve_id not in _CURVES:
+        curves = _curves()
+        if curve_id not in curves:
             raise AlgorithmError(f"{what}: unsupported ECC curve 0x{curve_id:04x}")
-        curve, curve_cls = _CURVES[curve_id]
+        curve, curve_cls = curves[curve_id]
         try:
             ec_key = ec.EllipticCurvePublicNumbers(point[0], point[1], curve_cls()).public_key()
         except ValueError:
@@ -165,7 +185,7 @@ def read_public(public_bytes: bytes, what: str = "public area") -> KeyInfo:
         key, bits, curve = rsa_key, rsa_key.key_size, ""
     else:
         raise AlgorithmError(f"{what}: key type 0x{key_type:04x} is not RSA or ECC")
-    scheme_hash = _HASHES[scheme_hash_alg][0] if scheme_hash_alg in _HASHES else ""
+    scheme_hash = _hashes()[scheme_hash_alg][0] if scheme_hash_alg in _hashes() else ""
     return KeyInfo(
         name=name,
         kind="ecc" if key_type == TPM2_ALG.ECC else "rsa",
@@ -180,9 +200,13 @@ def read_public(public_bytes: bytes, what: str = "public area") -> KeyInfo:
 
 def read_ak_public(ak_public: bytes, algorithms: AlgorithmPolicy = DEFAULT_ALGORITHMS) -> KeyInfo:
     """Read an AK public area and refuse keys that are not acceptable attestation keys."""
+    from tpm2_pytss.constants import TPMA_OBJECT
+
     key = read_public(ak_public, "AK public")
     algorithms.check_key(key)
-    if key.attributes & _AK_REQUIRED != _AK_REQUIRED or key.attributes & TPMA_OBJECT.DECRYPT:
+    # TPM 2.0 Part 2, 12.2.3.2 / 8.3: an AK must be a restricted signing key that never left this TPM.
+    required = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
+    if key.attributes & required != required or key.attributes & TPMA_OBJECT.DECRYPT:
         raise AkAttributesError("AK is not a restricted fixedTPM signing-only key")
     if key.scheme_hash and key.scheme_hash not in algorithms.hashes:
         raise AlgorithmError(f"AK signing scheme hash {key.scheme_hash} is not accepted")
@@ -197,6 +221,9 @@ def ek_id(ek_public: bytes | KeyInfo) -> str:
 
 def _signature_parts(signature: bytes) -> tuple[int, str, bytes | tuple[int, int]]:
     """(sigAlg, hash name, raw RSA signature or ECDSA (r, s)) from a marshalled TPMT_SIGNATURE."""
+    from tpm2_pytss import TPMT_SIGNATURE, TSS2_Exception
+    from tpm2_pytss.constants import TPM2_ALG
+
     sig = _unmarshal(TPMT_SIGNATURE, signature, "signature")
     alg = int(sig.sigAlg)
     try:
@@ -212,9 +239,9 @@ def _signature_parts(signature: bytes) -> tuple[int, str, bytes | tuple[int, int
             raise AlgorithmError(f"signature algorithm 0x{alg:04x} is not accepted")
     except (TSS2_Exception, ValueError, TypeError) as exc:
         raise EvidenceFormatError(f"signature: unreadable ({type(exc).__name__})") from None
-    if hash_alg not in _HASHES:
+    if hash_alg not in _hashes():
         raise AlgorithmError(f"signature hash 0x{hash_alg:04x} is not accepted")
-    return alg, _HASHES[hash_alg][0], body
+    return alg, _hashes()[hash_alg][0], body
 
 
 def verify_tpm_signature(
@@ -225,12 +252,14 @@ def verify_tpm_signature(
     The scheme must match the key's type and the policy; a mismatch is ``wrong_algorithm``, a bad
     signature ``signature_invalid``.
     """
+    from tpm2_pytss.constants import TPM2_ALG
+
     alg, hash_name, body = _signature_parts(signature)
     if hash_name not in algorithms.hashes:
         raise AlgorithmError(f"signature hash {hash_name} is not accepted")
     if key.scheme_hash and key.scheme_hash != hash_name:
         raise AlgorithmError(f"signature hash {hash_name} differs from the key's scheme {key.scheme_hash}")
-    hash_cls = dict(_HASHES.values())[hash_name]
+    hash_cls = dict(_hashes().values())[hash_name]
     try:
         if alg == TPM2_ALG.ECDSA:
             if not isinstance(key.public_key, ec.EllipticCurvePublicKey) or not isinstance(body, tuple):
@@ -255,6 +284,8 @@ def verify_tpm_signature(
 
 def parse_attest(attest: bytes) -> TPMS_ATTEST:
     """Unmarshal a TPMS_ATTEST (``tpm2_quote -m``); no trust is implied by parsing."""
+    from tpm2_pytss import TPMS_ATTEST
+
     return _unmarshal(TPMS_ATTEST, attest, "attest")
 
 
@@ -278,6 +309,8 @@ def verify_quote(  # noqa: PLR0917 - the issue's documented positional signature
     Checks, in this order (each refusal its own error): AK algorithm and attributes, signature scheme,
     signature, TPM_GENERATED magic and quote type, nonce, quoted PCR selection, PCR composite digest.
     """
+    from tpm2_pytss.constants import TPM2_GENERATED, TPM2_ST
+
     selection = PcrSelection.parse(pcr_selection) if isinstance(pcr_selection, str) else pcr_selection
     ak = read_ak_public(ak_public, algorithms)
     hash_name = verify_tpm_signature(ak, bytes(attest), signature, algorithms)
