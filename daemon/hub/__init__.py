@@ -336,8 +336,33 @@ class Hub:
         """For ``POST /v1/devices/{id}/commands``: capability DEVICE_COMMAND, trust gate and policy."""
         caller = self.caller(who)
         self.rate_limit(caller)
+        await self._authorize_device(caller, device_id, command, via="http")
+
+    async def authorize_device_command_mqtt(self, agent_id: str, device_id: str, command: str) -> None:
+        """For a command an agent published on ``devices/<device_id>/cmd/<agent_id>``.
+
+        The broker lets only that agent publish on a topic ending in its own id, and only with
+        DEVICE_COMMAND (``render_acl``), so the topic names the sender; the broker's ACL is not the whole
+        gate, though: the same rate limit, trust gate (the agent's level from the TrustBook, as for its
+        token), capability, policy and audit as over HTTP apply here. Raises ``Forbidden`` (unknown or
+        revoked agent, capability, trust gate, policy deny), ``ApprovalRequired`` (a Forbidden) or
+        ``RateLimited``; all are ``HubError``. A misconfigured gate table raises ``TrustError``.
+        """
+        agent = self.registry.get(agent_id)
+        if agent is None:
+            self._m_decisions.labels(effect="deny").inc()
+            self.audit("permission_denied", agent_id, "device.command",
+                       {"reason": "unknown agent", "device": device_id, "via": "mqtt"})
+            raise Forbidden(f"no registered agent {agent_id!r}")
+        caller = Caller(agent.id, False, self.trust.level(agent.id), agent.capabilities, agent)
+        self.registry.seen(agent.id)
+        self.rate_limit(caller)
+        await self._authorize_device(caller, device_id, command, via="mqtt")
+
+    async def _authorize_device(self, caller: Caller, device_id: str, command: str, *, via: str) -> None:
         await self.authorize(caller, scope="device", operation="device.command", gate="device.command",
-                             capability="DEVICE_COMMAND", resource={"device": {"id": device_id, "cmd": command}})
+                             capability="DEVICE_COMMAND",
+                             resource={"device": {"id": device_id, "cmd": command, "via": via}})
 
     # -- policies ---------------------------------------------------------------------------------
 

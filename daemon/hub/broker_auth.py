@@ -3,7 +3,9 @@
 Mosquitto 2.0.11 on Debian 12 re-reads ``password_file`` and ``acl_file`` on SIGHUP (mosquitto.conf(5),
 "Configuring Authentication"); the ACL is checked on every publish and delivery, so a narrowed ACL applies
 to clients already connected. Each agent may publish only its own ``outbox`` and ``status``, read only its
-own ``inbox``, and reach the device topics its capabilities allow. The broker should also run with
+own ``inbox``, and reach the device topics its capabilities allow: with DEVICE_READ it reads device state,
+telemetry, events and results; with DEVICE_COMMAND it publishes commands only on
+``devices/<id>/cmd/<its own id>``. The broker should also run with
 ``use_username_as_clientid true`` so one agent cannot take over another's session by client id.
 """
 
@@ -73,6 +75,9 @@ class MosquittoFiles:
 
 
 ENROLMENT_USER = "enrolment"
+# ``devices/<id>/cmd/result`` carries command results; an agent with this id would write them (the registry
+# refuses the id, and the ACL never grants it).
+RESULT_LEAF = "result"
 
 
 def render_acl(accounts: Iterable[BrokerAccount], *, topic_base: str, service_users: Iterable[str]) -> str:
@@ -92,8 +97,11 @@ def render_acl(accounts: Iterable[BrokerAccount], *, topic_base: str, service_us
             for leaf in ("state", "telemetry", "events", "sensors/+", "cmd/result"):
                 lines.append(f"topic read {topic_base}/devices/+/{leaf}")
             lines.append(f"topic read {topic_base}/status")
-        if "DEVICE_COMMAND" in acc.capabilities:
-            lines.append(f"topic write {topic_base}/devices/+/cmd")
+        if "DEVICE_COMMAND" in acc.capabilities and acc.agent_id != RESULT_LEAF:
+            # Only the command topic ending in the agent's own id: the device side reads the sender from
+            # the topic, as the hub reads it from the outbox topic. The bare ``devices/<id>/cmd`` is the
+            # node's and the admin's (service users).
+            lines.append(f"topic write {topic_base}/devices/+/cmd/{acc.agent_id}")
         lines.append("")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.hub.broker_auth import BrokerAccount, password_hash
+from daemon.hub.broker_auth import RESULT_LEAF, BrokerAccount, password_hash
 from daemon.hub.db import HubDatabase
 from daemon.hub.errors import Conflict, Forbidden, InvalidRequest, NotFound
 
@@ -177,6 +177,8 @@ class Registry:
         agent_id = agent_id or f"agt-{uuid.uuid4().hex[:16]}"
         if not ID_RE.match(agent_id):
             raise InvalidRequest(f"agent id must match {ID_RE.pattern}")
+        if agent_id == RESULT_LEAF:
+            raise InvalidRequest(f"agent id {RESULT_LEAF!r} is reserved (devices/<id>/cmd/{RESULT_LEAF})")
         if agent_id in self._by_id:
             raise Conflict(f"agent {agent_id} already exists")
         if not owner or len(owner) > 128:

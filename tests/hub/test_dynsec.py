@@ -84,7 +84,7 @@ def test_rules_mirror_the_acl_file() -> None:
     assert rules["svc"] == {(SEND, "#"), (RECEIVE, "#"), (SUBSCRIBE, "#")}
     assert rules["a1"] == {(SEND, "b/agents/a1/outbox"), (SEND, "b/agents/a1/status"),
                            (SUBSCRIBE, "b/agents/a1/inbox"), (RECEIVE, "b/agents/a1/inbox"),
-                           (SUBSCRIBE, "b/handoffs/+"), (RECEIVE, "b/handoffs/+"), (SEND, "b/devices/+/cmd")}
+                           (SUBSCRIBE, "b/handoffs/+"), (RECEIVE, "b/handoffs/+"), (SEND, "b/devices/+/cmd/a1")}
     assert rules["enrolment"] == {(SEND, "b/agents/register"), (SUBSCRIBE, "b/agents/register/reply/+"),
                                   (RECEIVE, "b/agents/register/reply/+")}
 
