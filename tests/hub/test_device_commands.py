@@ -14,8 +14,8 @@ from daemon.hub.dynsec import SEND, rules_by_user
 from daemon.hub.errors import ApprovalRequired, Forbidden, HubError, InvalidRequest, RateLimited
 from tests.hub.conftest import BASE, HubNode, mqtt_agent
 from tests.hub.test_broker_and_messages import _publish_reason
-from tests.hub.test_dynsec import pytestmark as needs_dynsec
 from tests.hub.test_dynsec import _settled, dnode, dynsec_broker  # noqa: F401 - fixtures used by name
+from tests.hub.test_dynsec import pytestmark as needs_dynsec
 
 NOT_AUTHORISED = 0x87  # MQTT 5.0 section 3.4.2.1, PUBACK reason "Not authorized"
 
