@@ -7,19 +7,28 @@ Issue 3's acceptance is about the daemon, not the driver alone: every reading al
 outbox. The boards run in one child process (``python -m firmware_stubs mycobrain --count N``), the daemon
 in another (``mycoedge run``) against a real Mosquitto; CPU is read from /proc for both over the same
 window, so the stubs' cost is the baseline printed beside the daemon's.
+
+A subscriber (paho on its own thread, in this process) checks that the live view loses nothing: every
+telemetry message's ``seq`` must follow the previous one of its device and sensor.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.mosquitto import MosquittoProcess, free_port, wait_for_port
 
@@ -45,6 +54,45 @@ def scrape(port: int) -> dict[str, float]:
     return totals
 
 
+class TelemetryWatch:
+    """Counts telemetry messages and the seq gaps between consecutive ones of each device and sensor."""
+
+    def __init__(self, port: int) -> None:
+        self.messages = 0
+        self.gaps = 0
+        self.bad = 0
+        self._last: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-watch")
+        self._client.on_message = self._on_message
+        self._client.on_connect = lambda c, *_: c.subscribe("mycoedge/bench/devices/+/telemetry")
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(message.payload)
+            key, seq = (body["device_id"], body["sensor"]), int(body["seq"])
+            assert isinstance(body["values"], dict) and "ts" in body and "valid" in body
+        except (ValueError, KeyError, TypeError, AssertionError):
+            self.bad += 1
+            return
+        with self._lock:
+            self.messages += 1
+            last = self._last.get(key)
+            if last is not None and seq > last + 1:
+                self.gaps += seq - last - 1
+            self._last[key] = seq
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.messages, self.gaps
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--boards", type=int, default=64)
@@ -58,6 +106,7 @@ def main() -> None:
         devdir = tmp / "dev"
         devdir.mkdir()
         with MosquittoProcess(tmp / "mqtt") as broker:
+            watch = TelemetryWatch(broker.port)
             stubs = subprocess.Popen(
                 [sys.executable, "-m", "firmware_stubs", "mycobrain", "--count", str(args.boards), "--dir",
                  str(devdir), "--rate", str(args.rate), "--boot-delay", "0.2"],
@@ -80,10 +129,16 @@ def main() -> None:
                 while scrape(api).get("streaming", 0) < args.boards and time.monotonic() < deadline:
                     time.sleep(0.5)
                 time.sleep(args.warmup)
-                before, d0, s0, t0 = scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid), time.monotonic()
+                broker_pid = broker._proc.pid if broker._proc else 0  # the broker's CPU, for context
+                before, d0, s0, b0, t0 = (scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid),
+                                          cpu_seconds(broker_pid), time.monotonic())
+                m0, g0 = watch.snapshot()
                 time.sleep(args.duration)
-                after, d1, s1, t1 = scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid), time.monotonic()
+                after, d1, s1, b1, t1 = (scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid),
+                                         cpu_seconds(broker_pid), time.monotonic())
+                m1, g1 = watch.snapshot()
             finally:
+                watch.close()
                 daemon.terminate()
                 daemon.wait(timeout=30)
                 stubs.terminate()
@@ -100,9 +155,12 @@ def main() -> None:
     print(f"  telemetry frames {frames:.0f} ({frames / wall:.0f}/s), readings {delta('readings'):.0f}, "
           f"sequence gaps {delta('seq_gaps'):.0f}, frames missed {delta('frames_missed'):.0f}, "
           f"crc errors {delta('err_crc'):.0f}")
+    print(f"  MQTT telemetry received {m1 - m0} ({(m1 - m0) / wall:.0f}/s), seq gaps seen on MQTT {g1 - g0}, "
+          f"malformed {watch.bad}")
     print(f"  {'process':28}{'CPU % of one core':>18}")
     print(f"  {'daemon (goal <= 25)':28}{100 * (d1 - d0) / wall:>18.1f}")
     print(f"  {'baseline: firmware stubs':28}{100 * (s1 - s0) / wall:>18.1f}")
+    print(f"  {'mosquitto (context)':28}{100 * (b1 - b0) / wall:>18.1f}")
 
 
 if __name__ == "__main__":

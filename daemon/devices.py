@@ -11,7 +11,6 @@ own ACK or NACK.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 20.0  # covers the MycoBrain's 3 retries of 5 s (PROTOCOLS.md §1) with margin
 SINK_BATCH = 256
-OUTGOING_MAX = 10_000  # readings waiting for the broker; beyond it the live view drops (counted)
 SENSOR_STATE_INTERVAL_S = 1.0
 SINK_INTERVAL_S = 0.2
 
@@ -111,6 +109,15 @@ _HA_CLASSES: dict[str, tuple[str | None, str | None]] = {
     "voc_equivalent": ("volatile_organic_compounds_parts", "ppm"),
     "rssi_dbm": ("signal_strength", "dBm"),
 }
+
+
+@dataclass(slots=True)
+class _LiveTopics:
+    """One sensor's live topics, built once, and when its retained state is due again."""
+
+    telemetry: str
+    sensor_state: str
+    state_due: float = -math.inf
 
 
 @dataclass
@@ -179,10 +186,7 @@ class DeviceFleet:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sink_task: asyncio.Task[None] | None = None
-        self._publisher_task: asyncio.Task[None] | None = None
-        self._outgoing: collections.deque[tuple[str, Reading, dict[str, Any]]] = collections.deque()
-        self._outgoing_ready = asyncio.Event()
-        self._state_published: dict[tuple[str, str], float] = {}
+        self._live: dict[tuple[str, str], _LiveTopics] = {}
         self._sensors_announced: set[tuple[str, str]] = set()
         self.remote: dict[str, dict[str, Any]] = {}  # devices seen only through another (LoRa) with no link
         self._remote_announced: set[str] = set()
@@ -195,9 +199,6 @@ class DeviceFleet:
         self._id_collisions = Counter("mycoedge_device_remote_id_collisions",
                                       "Remote readings whose board id was already taken by a local board",
                                       registry=registry)
-        self._outgoing_dropped = Counter("mycoedge_device_mqtt_backlog_dropped",
-                                         "Readings not published live because the MQTT backlog was full",
-                                         registry=registry)
         self._sink_errors = Counter("mycoedge_device_sink_errors", "Reading batches the store refused",
                                     registry=registry)
         if registry is not None:
@@ -209,7 +210,6 @@ class DeviceFleet:
     # ---- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         self._sink_task = asyncio.create_task(self._drain_sink(), name="device-sink")
-        self._publisher_task = asyncio.create_task(self._publisher(), name="device-mqtt")
         for entry in self.entries:
             factory = self._factories.get(entry.config.kind)
             if factory is None:
@@ -246,10 +246,6 @@ class DeviceFleet:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._publisher_task is not None:
-            self._publisher_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher_task
         if self._sink_task is not None:
             self._sink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -352,35 +348,26 @@ class DeviceFleet:
             if len(self._pending) >= SINK_BATCH:
                 self._wakeup.set()
         if self._broker is not None:
+            self._publish_live(self._broker, reading, body)
+
+    def _publish_live(self, broker: BrokerLink, reading: Reading, body: dict[str, Any]) -> None:
+        """Telemetry on the live path: queued in arrival order for the broker link's next corked batch."""
+        key = (reading.device_id, reading.sensor)
+        live = self._live.get(key)
+        if live is None:
             base = f"{self._topic_base}/devices/{reading.device_id}"
-            if len(self._outgoing) >= OUTGOING_MAX:
-                self._outgoing_dropped.inc()  # MQTT is the live view; the store keeps every reading
-            else:
-                self._outgoing.append((base, reading, body))
-                self._outgoing_ready.set()
-
-    async def _publisher(self) -> None:
-        """One task publishes readings in arrival order: no task per reading, no reordering."""
-        while True:
-            await self._outgoing_ready.wait()
-            self._outgoing_ready.clear()
-            while self._outgoing:
-                base, reading, body = self._outgoing.popleft()
-                await self._publish_reading(base, reading, body)
-
-    async def _publish_reading(self, base: str, reading: Reading, body: dict[str, Any]) -> None:
-        assert self._broker is not None
-        if self._ha:
-            await self._announce_sensor(reading)
-        text = json.dumps(body)
-        await self._broker.publish(f"{base}/telemetry", text)
+            live = self._live[key] = _LiveTopics(f"{base}/telemetry", f"{base}/sensors/{reading.sensor}")
+        if self._ha and key not in self._sensors_announced:
+            self._sensors_announced.add(key)
+            self._spawn(self._announce_sensor(reading))
+        text = json.dumps(body).encode()
+        broker.publish_nowait(live.telemetry, text)
         # Retained per-sensor state: what Home Assistant's discovery configs point at, and what a new
         # subscriber sees at once. A state, not a stream: refreshed at most every SENSOR_STATE_INTERVAL_S.
-        key = (reading.device_id, reading.sensor)
         now = time.monotonic()
-        if now - self._state_published.get(key, -SENSOR_STATE_INTERVAL_S) >= SENSOR_STATE_INTERVAL_S:
-            self._state_published[key] = now
-            await self._broker.publish(f"{base}/sensors/{reading.sensor}", text, retain=True)
+        if now >= live.state_due:
+            live.state_due = now + SENSOR_STATE_INTERVAL_S
+            broker.publish_nowait(live.sensor_state, text, retain=True)
 
     def event(self, entry: _Entry, event: DeviceEvent) -> None:
         if self._broker is None:
@@ -415,10 +402,6 @@ class DeviceFleet:
             await self._publish_state(entry)
 
     async def _announce_sensor(self, reading: Reading) -> None:
-        sensor_key = (reading.device_id, reading.sensor)
-        if sensor_key in self._sensors_announced:
-            return  # the hot path: every reading after the first of its sensor
-        self._sensors_announced.add(sensor_key)
         entry = next((e for e in self.entries if e.device and e.device.device_id == reading.device_id), None)
         announced = entry.announced if entry is not None else self._remote_announced
         assert self._broker is not None
