@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from daemon.api import Principal, principal
 from daemon.config import DeviceConfig
+from daemon.errors import DaemonError
 from daemon.mqtt import BrokerLink
 from daemon.openapi import Routes, read_json
 from daemon.problems import PROBLEM_SCHEMA, Problem
@@ -62,6 +63,33 @@ class ReadingSink(Protocol):
 
 
 DeviceFactory = Callable[[DeviceConfig, DeviceListener], Device]
+
+
+# The agent id that ends ``devices/<id>/cmd/<agent_id>``; ``result`` is the default response topic's leaf
+# (the hub's registry refuses it as an agent id, and the broker ACL never lets an agent write it).
+RESULT_LEAF = "result"
+_REFUSAL_KINDS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 429: "rate_limited"}
+
+
+class CommandRefused(DaemonError):
+    """An agent's MQTT device command refused by the gate (capability, trust gate, policy, rate limit).
+
+    ``status`` is what ``POST /v1/devices/{id}/commands`` would answer for the same refusal; ``kind`` is the
+    ``error`` of the MQTT answer (by default named after the status: ``forbidden``, ``rate_limited``, …).
+    """
+
+    def __init__(self, status: int, reason: str, *, kind: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.kind = kind or _REFUSAL_KINDS.get(status, "refused")
+        self.retry_after_s = retry_after_s
+
+
+# (agent_id, device handle, command name) -> None, or raises CommandRefused: the same capability, trust
+# gate and policy an agent's HTTP device command passes (the hub provides it; app.py wires it).
+MqttCommandGate = Callable[[str, str, str], Awaitable[None]]
 
 
 class CommandPayloadError(ValueError):
@@ -169,6 +197,7 @@ class DeviceFleet:
         ha_prefix: str = "homeassistant",
         hotplug: HotplugSource | None = None,
         clock: Callable[[], float] = time.time,
+        mqtt_command_gate: MqttCommandGate | None = None,
     ) -> None:
         self.entries = [_Entry(config=c) for c in configs]
         self._hotplug = hotplug
@@ -181,6 +210,9 @@ class DeviceFleet:
         self._ha = ha_discovery
         self._ha_prefix = ha_prefix
         self._clock = clock
+        # Set (here or later) to gate agents' commands on ``devices/<id>/cmd/<agent_id>``; None lets them
+        # through as on the bare ``cmd`` topic, which the broker ACL leaves to the node's own operators.
+        self.mqtt_command_gate = mqtt_command_gate
         self._stack = AsyncExitStack()
         self._pending: list[Reading] = []
         self._wakeup = asyncio.Event()
@@ -194,6 +226,9 @@ class DeviceFleet:
                                  ["valid"], registry=registry)
         self._bad_commands = Counter("mycoedge_device_bad_commands",
                                      "MQTT command payloads refused as malformed", registry=registry)
+        self._refused_commands = Counter("mycoedge_device_commands_refused",
+                                         "Agents' MQTT device commands the gate refused", ["error"],
+                                         registry=registry)
         self._readings_valid = self._readings.labels(valid="true")
         self._readings_invalid = self._readings.labels(valid="false")
         self._id_collisions = Counter("mycoedge_device_remote_id_collisions",
@@ -205,6 +240,7 @@ class DeviceFleet:
             registry.register(_DeviceStatsCollector(self))
         if broker is not None:
             broker.subscribe(f"{topic_base}/devices/+/cmd", self._on_mqtt_command)
+            broker.subscribe(f"{topic_base}/devices/+/cmd/+", self._on_agent_command)
             broker.on_connect(self._republish)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -288,10 +324,21 @@ class DeviceFleet:
         return await entry.device.command(name, params, timeout=COMMAND_TIMEOUT_S)
 
     async def _on_mqtt_command(self, message: aiomqtt.Message) -> None:
+        """``devices/<id>/cmd``: the node's own operators and Home Assistant (admin-level in the broker ACL)."""
         parts = str(message.topic).split("/")
-        key = parts[-2]
+        await self._mqtt_command(message, parts[-2], agent_id=None)
+
+    async def _on_agent_command(self, message: aiomqtt.Message) -> None:
+        """``devices/<id>/cmd/<agent_id>``: the broker lets only that agent write it, so the topic names it."""
+        parts = str(message.topic).split("/")
+        if parts[-1] == RESULT_LEAF:
+            return  # an answer on the default response topic (ours, too), not a command
+        await self._mqtt_command(message, parts[-3], agent_id=parts[-1])
+
+    async def _mqtt_command(self, message: aiomqtt.Message, key: str, *, agent_id: str | None) -> None:
         props = message.properties
-        response_topic = getattr(props, "ResponseTopic", None) or f"{self._topic_base}/devices/{key}/cmd/result"
+        response_topic = (getattr(props, "ResponseTopic", None)
+                          or f"{self._topic_base}/devices/{key}/cmd/{RESULT_LEAF}")
         correlation = getattr(props, "CorrelationData", None)
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         try:
@@ -302,8 +349,16 @@ class DeviceFleet:
             return
         entry = self.find(key)
         if entry is None:
-            await self._reply(response_topic, correlation, {"ok": False, "error": "unknown_device", "message": key})
+            await self._reply(response_topic, correlation,
+                              {"ok": False, "error": "unknown_device", "message": key, "cmd": name})
             return
+        gate = self.mqtt_command_gate
+        if agent_id is not None and gate is not None:
+            refusal = await self._gate(gate, agent_id, self.handle(entry), name)
+            if refusal is not None:
+                refusal["cmd"] = name
+                await self._reply(response_topic, correlation, refusal)
+                return
         try:
             result = await self.command(entry, name, params)
         except NotReadyError as exc:
@@ -318,6 +373,25 @@ class DeviceFleet:
             body = _result_json(result)
         body["cmd"] = name
         await self._reply(response_topic, correlation, body)
+
+    async def _gate(self, gate: MqttCommandGate, agent_id: str, handle: str, name: str) -> dict[str, Any] | None:
+        """None when the gate lets the command through, else the refusal to answer with (counted)."""
+        try:
+            await gate(agent_id, handle, name)
+        except CommandRefused as exc:
+            body: dict[str, Any] = {"ok": False, "error": exc.kind, "message": exc.reason, "status": exc.status}
+            if exc.retry_after_s is not None:
+                body["retry_after_s"] = exc.retry_after_s
+        except Exception:
+            # A gate that fails refuses: an agent's command never reaches a board unchecked.
+            log.exception("device command gate failed for agent %s on %s", agent_id, handle)
+            body = {"ok": False, "error": "gate_error", "message": "the command could not be authorised",
+                    "status": 500}
+        else:
+            return None
+        self._refused_commands.labels(error=body["error"]).inc()
+        log.debug("agent %s refused %s on %s: %s", agent_id, name, handle, body["message"])
+        return body
 
     async def _reply(self, topic: str, correlation: bytes | None, body: Mapping[str, Any]) -> None:
         if self._broker is None:
