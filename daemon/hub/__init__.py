@@ -170,6 +170,11 @@ class Hub:
         self._m_outcome = {o: self._m_messages.labels(outcome=o) for o in ("delivered", "queued")}
         self._m_decisions = Counter("mycoedge_hub_policy_decisions", "Authorisation decisions by effect",
                                     ["effect"], registry=metrics)
+        # Label children looked up once: ``labels()`` takes a lock and builds a key on every call, and the
+        # message path counts one decision per message.
+        self._m_effect = {e: self._m_decisions.labels(effect=e) for e in ("allow", "deny", "require_approval",
+                                                                          "modify")}
+        self._m_refused = self._m_messages.labels(outcome="refused")
         Gauge("mycoedge_hub_dead_letters", "Messages dead-lettered after their TTL",
               registry=metrics).set_function(lambda: self.router.dead_lettered)
         Gauge("mycoedge_hub_agents_online", "Agents online", registry=metrics).set_function(
@@ -309,7 +314,7 @@ class Hub:
             decision = Decision("allow", None)  # no rule can match: skip building the context
         else:
             decision = self.decide(self.context(caller, scope=scope, operation=operation, resource=resource))
-        self._m_decisions.labels(effect=decision.effect).inc()
+        self._m_effect[decision.effect].inc()
         if audit_allow or not decision.allowed:
             self.audit("policy_decision", caller.id, operation, {**decision.to_json(), "scope": scope})
         if decision.effect == "deny":
@@ -322,7 +327,7 @@ class Hub:
         return evaluate(list(self.rules.values()), context)
 
     def _deny(self, caller: Caller, operation: str, reason: str) -> None:
-        self._m_decisions.labels(effect="deny").inc()
+        self._m_effect["deny"].inc()
         self.audit("permission_denied", caller.id, operation, {"reason": reason, "trust_level": caller.level})
 
     def rate_limit(self, caller: Caller) -> None:
@@ -350,7 +355,7 @@ class Hub:
         """
         agent = self.registry.get(agent_id)
         if agent is None:
-            self._m_decisions.labels(effect="deny").inc()
+            self._m_effect["deny"].inc()
             self.audit("permission_denied", agent_id, "device.command",
                        {"reason": "unknown agent", "device": device_id, "via": "mqtt"})
             raise Forbidden(f"no registered agent {agent_id!r}")
@@ -425,8 +430,9 @@ class Hub:
     async def _on_outbox(self, message: aiomqtt.Message) -> None:
         if not self._open:
             return
-        agent_id = str(message.topic).split("/")[-2]
-        if self.registry.get(agent_id) is None:
+        agent_id = message.topic.value.rsplit("/", 2)[-2]
+        agent = self.registry.get(agent_id)
+        if agent is None:
             return
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         try:
@@ -437,12 +443,10 @@ class Hub:
                 raise Forbidden(f"'from' must be {agent_id}")
             self.registry.seen(agent_id)
             # HTTP callers are limited once per request by the routes; MQTT senders here, per message.
-            agent = self.registry.get(agent_id)
-            if agent is not None:
-                self.rate_limit(Caller(agent.id, False, 0, agent.capabilities, agent))
+            self.agent_limits.check(f"agent:{agent_id}")
             await self.send(envelope, qos=message.qos)
         except HubError as exc:
-            self._m_messages.labels(outcome="refused").inc()
+            self._m_refused.inc()
             ref = None
             with contextlib.suppress(Exception):
                 ref = json.loads(payload).get("id")
