@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from daemon.store import ivf
 from daemon.store.embedders import Embedder
 from daemon.store.errors import InvalidInputError, NotFoundError, StoreError
+from daemon.store.keyword import keyword_top, query_words
 from daemon.store.outbox import enqueue
 
 if TYPE_CHECKING:
@@ -150,12 +151,6 @@ def vector_blob(vector: Sequence[float], dim: int) -> bytes:
     if not all(math.isfinite(v) for v in values):
         raise InvalidInputError("vector must contain finite numbers")
     return struct.pack(f"<{dim}f", *values)
-
-
-def fts_query(text: str) -> str:
-    """A safe FTS5 query: each word quoted (no operators from user input), words ORed for recall."""
-    words = re.findall(r"\w+", text)
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:64])
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -468,18 +463,35 @@ class Memory:
 
         return await self._db.read(run)
 
+    @staticmethod
+    def list_queries(flt: MemoryFilter, now: float, rows: int) -> list[tuple[str, list[Any]]]:
+        """The statements of ``list_items``: one per pool, each reading one range of ``memories_pool_created``
+        in (created, id) order; ``pool IN (...)`` would make SQLite sort every row of those pools first."""
+        pools = None if flt.pools is None else list(dict.fromkeys(flt.pools))
+        parts = [flt] if pools is None or len(pools) <= 1 else [replace(flt, pools=[p]) for p in pools]
+        out: list[tuple[str, list[Any]]] = []
+        for part in parts:
+            where, args = Memory._where(part, now)
+            out.append((
+                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE {where} ORDER BY m.created, m.id LIMIT ?",  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                [*args, rows],
+            ))
+        return out
+
     async def list_items(
         self, flt: MemoryFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[MemoryItem]:
-        where, args = self._where(flt or MemoryFilter(), self._clock())
-        args += [max(0, min(limit, 1000)), max(0, offset)]
+        """Items passing ``flt`` in (created, id) order, oldest first."""
+        limit, offset = max(0, min(limit, 1000)), max(0, offset)
+        queries = self.list_queries(flt or MemoryFilter(), self._clock(), offset + limit)
 
         def run(conn: sqlite3.Connection) -> list[MemoryItem]:
-            rows = conn.execute(
-                f"SELECT {_ITEM_COLUMNS} FROM memories m WHERE {where} ORDER BY m.created, m.id LIMIT ? OFFSET ?",  # noqa: S608 - only fixed column names and ? placeholders are interpolated
-                args,
-            ).fetchall()
-            return [_item(r) for r in rows]
+            rows: list[Any] = []
+            for sql, args in queries:
+                rows += conn.execute(sql, args).fetchall()
+            if len(queries) > 1:
+                rows.sort(key=lambda r: (r[11], r[0]))  # str order is SQLite's BINARY order for UTF-8 text
+            return [_item(r) for r in rows[offset : offset + limit]]
 
         return await self._db.read(run)
 
@@ -681,7 +693,8 @@ class Memory:
         elif text is not None and self.embedder is not None:
             query_blob = vector_blob((await self.embedder.embed([text]))[0], self.dim)
         now = self._clock()
-        depth = min(4096, max(limit * 4, 40))
+        # Fusion needs more of each ranking than it returns; a keyword-only search is that ranking itself.
+        depth = min(4096, max(limit * 4, 40)) if query_blob is not None else limit
 
         def run(conn: sqlite3.Connection) -> list[SearchHit]:
             keyword: list[tuple[str, str]] = []
@@ -725,23 +738,9 @@ class Memory:
     def _keyword(
         self, conn: sqlite3.Connection, text: str, flt: MemoryFilter, now: float, depth: int
     ) -> list[tuple[str, str]]:
-        query = fts_query(text)
-        if not query:
-            return []
+        """The ``depth`` best memories for the words of ``text`` (see daemon/store/keyword.py)."""
         where, args = self._where(flt, now)
-        rows = conn.execute(
-            "SELECT c.memory_id, c.text, bm25(chunks_fts) AS r FROM chunks_fts"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
-            " JOIN chunks c ON c.id = chunks_fts.rowid JOIN memories m ON m.id = c.memory_id"
-            f" WHERE chunks_fts MATCH ? AND {where} ORDER BY r LIMIT ?",
-            [query, *args, depth],
-        ).fetchall()
-        seen: set[str] = set()
-        out: list[tuple[str, str]] = []
-        for mid, chunk, _ in rows:
-            if mid not in seen:
-                seen.add(mid)
-                out.append((str(mid), str(chunk)))
-        return out
+        return [(mid, chunk) for mid, chunk, _ in keyword_top(conn, query_words(text), depth, where, args)]
 
     def _ivf_candidates(
         self, conn: sqlite3.Connection, query: bytes, depth: int, where: str, args: list[Any]

@@ -13,7 +13,8 @@ from aiohttp import web
 from daemon.store import Ed25519Signer, Store
 from daemon.store.embedders import HttpEmbedder, make_embedder
 from daemon.store.errors import EmbedderError, InvalidInputError, NotFoundError
-from daemon.store.memory import MemoryFilter, chunk_text, fts_query
+from daemon.store.keyword import fts_query
+from daemon.store.memory import MemoryFilter, chunk_text
 
 
 class Clock:
