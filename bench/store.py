@@ -1,10 +1,12 @@
 """Store benchmarks, each printed next to a baseline measured in the same run on the same machine.
 
-    .venv/bin/python -m bench.store [--blocks 20000] [--vectors 10000] [--dim 384] [--only NAME ...]
+    .venv/bin/python -m bench.store [--blocks 20000] [--memories 100000] [--vectors 10000] [--dim 384]
+                                    [--only append latency verify memory search]
 
 Figures: durable append of 1 KiB blocks (vs plain SQLite inserts of the same bytes at the same
 durability), p99 append latency at 1,000 blocks/s, verify throughput (vs hashlib SHA-256 over the same
-payloads), vector top-10 p95 and recall@10 (vs an exact scan), hybrid search p95.
+payloads), memory list and keyword search p95 with the hub's pool filter (vs an indexed plain table and
+FTS5 alone), vector top-10 p95 and recall@10 (vs an exact scan), hybrid search p95.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from daemon.store import Ed25519Signer, Store
 from daemon.store.blocklog import BlockInput
 from daemon.store.db import open_connection
+from daemon.store.keyword import fts_query
 from daemon.store.memory import MemoryFilter, MemoryItem
 
 PAYLOAD = 1024
@@ -307,6 +311,106 @@ async def bench_search(
           f"{_pct(keyword, 95):.1f} ms", "baseline = keyword-only search")
 
 
+# -- memory list and keyword search, as the agent hub's pool query uses them -----------------------
+
+
+HUB_SCOPES = ["USER", "PROJECT", "TEAM", "GLOBAL"]
+LIMIT = 20  # the hub asks the store for twice the 10 items a pool query returns
+
+
+async def bench_memory(tmp: Path, n: int, queries: int) -> None:
+    """``list_items`` and keyword ``search`` p95 at ``n`` items with the hub's pool/scope/visibility filter.
+
+    The corpus is the hub bench's: 12 words per item from a 5,000-word vocabulary with a Zipf-like skew
+    (weight 1/rank^0.8), so common query words match a third of the items. 90 % of the items sit in one
+    shared pool (the hub's worst case: the filter removes almost nothing), the rest in ten agents' private
+    pools. Baselines, same rows, same run: an indexed plain table read with ``ORDER BY created, id LIMIT``,
+    FTS5's own ``bm25`` top k with no filter at all, and the v1 keyword query (filters joined onto every
+    FTS match, then sorted).
+    """
+    rnd = random.Random(6)
+    vocab = [f"w{i}" for i in range(5000)]
+    cum = list(itertools.accumulate(1.0 / (i + 1) ** 0.8 for i in range(len(vocab))))
+    now = time.time()
+    async with _store(tmp / "memory.db", embedding_dim=8) as store:
+        def load(conn: sqlite3.Connection, start: int, count: int) -> None:
+            for i in range(start, start + count):
+                text = " ".join(rnd.choices(vocab, cum_weights=cum, k=12))
+                shared = i % 10 != 0
+                item = MemoryItem(f"m{i:07d}", "agent", f"a{i % 10}", "shared" if shared else "private",
+                                  "TEAM" if shared else "AGENT_PRIVATE", "long_term", text, {},
+                                  "pool" if shared else "private", None, None, now + i * 1e-3, now)
+                conn.execute(
+                    "INSERT INTO memories(id, owner_type, owner_id, pool, scope, type, content, metadata,"
+                    " visibility, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?, ?)",
+                    (item.id, item.owner_type, item.owner_id, item.pool, item.scope, item.type, text,
+                     item.visibility, item.created, now),
+                )
+                store.memory._insert_chunks(conn, item, [text], [None])
+
+        t0 = time.perf_counter()
+        for start in range(0, n, 5000):
+            await store.db.write(functools.partial(load, start=start, count=min(5000, n - start)))
+
+        def baseline_table(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE plain_mem AS SELECT * FROM memories")
+            conn.execute("CREATE INDEX plain_mem_created ON plain_mem(created, id)")
+
+        await store.db.write(baseline_table)
+        load_s = time.perf_counter() - t0
+        shared = MemoryFilter(pools=["shared"], scopes=HUB_SCOPES, visibility=["pool", "public"])
+        private = MemoryFilter(owner_id="a3", pools=["private"], scopes=["AGENT_PRIVATE", *HUB_SCOPES])
+
+        async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+            t = time.perf_counter()
+            await fn()
+            return (time.perf_counter() - t) * 1000
+
+        def plain_list(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("SELECT * FROM plain_mem ORDER BY created, id LIMIT ?", (LIMIT,)).fetchall()
+
+        lists: list[float] = []
+        privates: list[float] = []
+        plain: list[float] = []
+        for _ in range(queries):
+            lists.append(await timed(functools.partial(store.memory.list_items, shared, limit=LIMIT)))
+            privates.append(await timed(functools.partial(store.memory.list_items, private, limit=LIMIT)))
+            plain.append(await timed(lambda: store.db.read(plain_list)))
+        where, args = store.memory._where(shared, time.time())
+
+        def fts_only(query: str, conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT rowid, bm25(chunks_fts) AS r FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY r LIMIT ?",
+                (query, LIMIT)).fetchall()
+
+        def v1_query(query: str, conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT c.memory_id, c.text, bm25(chunks_fts) AS r FROM chunks_fts"
+                " JOIN chunks c ON c.id = chunks_fts.rowid JOIN memories m ON m.id = c.memory_id"
+                f" WHERE chunks_fts MATCH ? AND {where} ORDER BY r LIMIT {max(LIMIT * 4, 40)}",
+                [query, *args]).fetchall()
+
+        search: list[float] = []
+        engine: list[float] = []
+        before: list[float] = []
+        qrnd = random.Random(11)
+        for _ in range(queries):
+            text = " ".join(qrnd.choices(vocab, cum_weights=cum, k=2))  # the hub bench's query: text(2)
+            query = fts_query(text)
+            search.append(await timed(functools.partial(store.memory.search, text=text, flt=shared, limit=LIMIT)))
+            engine.append(await timed(functools.partial(store.db.read, functools.partial(fts_only, query))))
+            before.append(await timed(functools.partial(store.db.read, functools.partial(v1_query, query))))
+    _line(f"memory list p95 at {n:,} (shared pool filter)", f"{_pct(lists, 95):.2f} ms", f"{_pct(plain, 95):.2f} ms",
+          f"p50 {_pct(lists, 50):.2f} ms; baseline = indexed plain table, ORDER BY created LIMIT {LIMIT};"
+          f" load {load_s:.0f} s")
+    _line(f"memory list p95 at {n:,} (agent's private pool)", f"{_pct(privates, 95):.2f} ms",
+          f"{_pct(plain, 95):.2f} ms", f"p50 {_pct(privates, 50):.2f} ms")
+    _line(f"keyword search p95 at {n:,} (shared pool filter)", f"{_pct(search, 95):.2f} ms",
+          f"{_pct(engine, 95):.2f} ms",
+          f"p50 {_pct(search, 50):.2f} ms; baseline = FTS5 bm25 top {LIMIT}, no filter;"
+          f" v1 query p95 {_pct(before, 95):.2f} ms")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=20_000)
@@ -317,10 +421,11 @@ async def main() -> None:
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--vector-index", nargs="+", choices=["exact", "binary", "ivf"], default=["exact", "ivf"])
     parser.add_argument("--ivf-probes", type=int, default=8)
-    parser.add_argument("--only", nargs="*", choices=["append", "latency", "verify", "search"])
+    parser.add_argument("--memories", type=int, default=100_000, help="items for the list/keyword-search figures")
+    parser.add_argument("--only", nargs="*", choices=["append", "latency", "verify", "memory", "search"])
     parser.add_argument("--dir", default=None, help="where to put the temporary databases")
     args = parser.parse_args()
-    only = set(args.only or ["append", "latency", "verify", "search"])
+    only = set(args.only or ["append", "latency", "verify", "memory", "search"])
     tmp = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.dir))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# bench.store  python {sys.version.split()[0]}  sqlite {sqlite3.sqlite_version}  cpus {os.cpu_count()}"
@@ -332,6 +437,8 @@ async def main() -> None:
             await bench_latency(tmp, args.latency_seconds)
         if "verify" in only:
             await bench_verify(tmp, args.verify_blocks)
+        if "memory" in only:
+            await bench_memory(tmp, args.memories, max(args.queries, 200))
         if "search" in only:
             vectors = _clustered_vectors(args.vectors + args.queries, args.dim)
             truth: dict[int, tuple[list[str], float]] = {}
