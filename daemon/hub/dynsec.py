@@ -249,7 +249,9 @@ class DynsecProvisioner:
             for username in created:
                 self._passwords.pop(username, None)
             self._enrolment_synced = True
-            known = {a.username for a in accounts}
+            # The accounts as they are now, not as this reconcile began: an agent registered while it
+            # waited for the plugin has its password here, for the next reconcile to create its client.
+            known = {a.username for a in self._accounts or []}
             for username in list(self._passwords):
                 if username not in known:
                     del self._passwords[username]  # revoked before it was ever created

@@ -260,3 +260,17 @@ async def test_a_restarted_hub_keeps_agents_it_cannot_recreate(tmp_path: Path,
             await ca.subscribe(f"{BASE}/agents/agent-a/inbox", qos=1)
     finally:
         await second.stop()
+
+
+async def test_an_agent_registered_while_a_reconcile_runs_gets_its_client(dnode: HubNode) -> None:
+    """A reconcile started before the registration (e.g. the link's connect hook) must not forget the new
+    agent's password: the one after it creates the client with it."""
+    await _settled(dnode)
+    prov = _provisioner(dnode)
+    running = asyncio.create_task(prov._reconcile())
+    await asyncio.sleep(0)  # it holds the lock and waits for the plugin's answer to its listings
+    late = await dnode.register("agent-late")
+    await running
+    assert prov.unprovisioned == set()
+    async with mqtt_agent(dnode, late) as client:
+        await client.publish(f"{BASE}/agents/agent-late/status", "online", qos=1)
