@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.appliance.conftest import REPO, SYSTEMD_DIR, VENV_BIN
+from tests.hub.test_broker_and_messages import _publish_reason
 
 # The first test that uses the role pays for two applies (the first one installs the venv): more than the
 # suite's default per-test timeout, well under the 3 minutes that would make it a `slow` test.
@@ -38,6 +39,7 @@ ANSIBLE_DIR = REPO / "ansible"
 INSTALLED_UNIT = Path("/etc/systemd/system/mycoedge.service")
 INSTALLED_CONFIG = Path("/etc/mycoedge/mycoedge.toml")
 INSTALLED_BROKER_CONF = Path("/etc/mosquitto/conf.d/mycoedge.conf")
+INSTALLED_DYNSEC = Path("/var/lib/mosquitto/dynamic-security.json")
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)",
@@ -212,9 +214,20 @@ def test_installed_files_match_the_repository_and_keep_secrets_private(applied: 
     assert (config.st_uid, config.st_gid, config.st_mode & 0o777) == (0, user.pw_gid, 0o640)
     state = Path("/var/lib/mycoedge").stat()
     assert (state.st_uid, state.st_mode & 0o777) == (user.pw_uid, 0o750)
-    password_file = Path("/etc/mosquitto/mycoedge.passwd").read_text()
-    # mosquitto_passwd -U replaced the clear text by PBKDF2-SHA512 hashes ("$7$", mosquitto 2.0).
-    assert re.fullmatch(r"(?:[^:\n]+:\$7\$[^\n]+\n)+", password_file)
+    # Broker accounts are in the dynamic-security plugin's file (the broker's own, 0600), as PBKDF2-SHA512
+    # hashes; the password and ACL files of the file-based way are gone, and the daemon provisions agents
+    # through the plugin ([hub] mosquitto_dynsec).
+    dynsec = INSTALLED_DYNSEC.stat()
+    mosquitto = pwd.getpwnam("mosquitto")
+    assert (dynsec.st_uid, dynsec.st_mode & 0o777) == (mosquitto.pw_uid, 0o600)
+    password = re.search(r'^password = "([^"]+)"$', INSTALLED_CONFIG.read_text(), flags=re.MULTILINE)
+    assert password and password.group(1) not in INSTALLED_DYNSEC.read_text()
+    daemon_client = {c["username"]: c for c in json.loads(INSTALLED_DYNSEC.read_text())["clients"]}["mycoedge"]
+    assert {"mycoedge-dynsec-admin", "mycoedge-service"} <= {r["rolename"] for r in daemon_client["roles"]}
+    assert re.search(r"^\[hub\]\nmosquitto_dynsec = true$", INSTALLED_CONFIG.read_text(), flags=re.MULTILINE)
+    assert "plugin_opt_config_file /var/lib/mosquitto/dynamic-security.json" in INSTALLED_BROKER_CONF.read_text()
+    for gone in ("mycoedge.passwd", "mycoedge.passwd.sha256", "mycoedge.acl"):
+        assert not (Path("/etc/mosquitto") / gone).exists()
 
 
 def _group_members() -> dict[str, list[str]]:
@@ -424,6 +437,7 @@ def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
         status, body = _get(f"http://127.0.0.1:{api_port}/readyz")
         assert status == 200, body
         assert json.loads(body)["status"] == "ready"
+        _an_agent_registered_over_http_gets_its_broker_rights(api_port, installed_broker, state)
         pings = notify_socket.messages(until="WATCHDOG=1", timeout_s=3.0)
         assert any("WATCHDOG=1" in m.splitlines() for m in pings)
         daemon.send_signal(signal.SIGTERM)
@@ -431,10 +445,34 @@ def test_installed_daemon_runs_the_notify_contract_and_answers_readyz(
         assert any("STOPPING=1" in m.splitlines() for m in stopping)
         returncode = daemon.wait(timeout=_seconds(_unit_value("TimeoutStopSec")))
         assert returncode == 0, log.read_text()[-4000:]
-        # It connected with the installed password through the installed ACL (no anonymous access).
-        assert "mqtt connected" in log.read_text()
+        # It connected with the installed password (no anonymous access) as the plugin's admin, and its hub
+        # provisioned through the plugin without a complaint.
+        text = log.read_text()
+        assert "mqtt connected" in text
+        assert "dynsec reconcile after connect failed" not in text, text[-4000:]
     finally:
         _stop(daemon)
+
+
+def _an_agent_registered_over_http_gets_its_broker_rights(api_port: int, broker_port: int, state: Path) -> None:
+    """The installed daemon, logged in as the role's dynsec admin, provisions an agent in the plugin."""
+    token = (state / "admin.token").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api_port}/v1/agents", method="POST",
+        data=json.dumps({"id": "appliance-op", "type": "HUMAN", "owner": "ci"}).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+        mqtt = json.loads(response.read())["credentials"]["mqtt"]
+    node_id = re.search(r'^id = "([^"]+)"$', INSTALLED_CONFIG.read_text(), flags=re.MULTILINE)
+    assert node_id
+    base, user = f"mycoedge/{node_id.group(1)}", mqtt["username"]
+    creds = {"credentials": {"mqtt": mqtt}}
+    # PUBACK reason codes (MQTT 5.0 section 3.4.2.1): below 0x80 accepted, 0x87 "Not authorized".
+    assert _publish_reason(broker_port, creds, f"{base}/agents/{user}/outbox") < 0x80
+    assert _publish_reason(broker_port, creds, f"{base}/devices/b1/cmd/{user}") < 0x80
+    assert _publish_reason(broker_port, creds, f"{base}/devices/b1/cmd") == 0x87
+    assert _publish_reason(broker_port, creds, f"{base}/agents/someone-else/outbox") == 0x87
 
 
 def test_installed_daemon_refuses_an_invalid_config_with_the_no_restart_status(
