@@ -102,6 +102,7 @@ class BrokerLink:
         )
         self._nowait: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._bad_topic_logged = False
         self._state_gauge = Gauge(
             "mycoedge_mqtt_connected", "1 while connected to the broker", registry=registry
         )
@@ -206,7 +207,14 @@ class BrokerLink:
         try:
             while queue:
                 topic, payload, retain = queue.popleft()
-                rc = paho.publish(topic, payload, 0, retain).rc
+                try:
+                    rc = paho.publish(topic, payload, 0, retain).rc
+                except ValueError as exc:  # a wildcard in a topic built from a board's own id: untrusted
+                    self._dropped.inc()
+                    log.log(logging.DEBUG if self._bad_topic_logged else logging.WARNING,
+                            "live message to %r not published: %s", topic, exc)
+                    self._bad_topic_logged = True
+                    continue
                 if rc != 0:  # MQTT_ERR_NO_CONN: the connection is going; the supervisor reconnects
                     self._dropped.inc(1 + len(queue))
                     queue.clear()

@@ -126,6 +126,8 @@ async def test_retained_live_state_and_the_last_batch_before_a_clean_stop(mosqui
     registry = CollectorRegistry()
     async with _link(mosquitto.port, registry) as link:
         assert link.publish_nowait(f"{BASE}/sensors/a", '{"v": 1}', retain=True)
+        # A topic no broker takes (a wildcard from a board's id) is dropped and counted, not a traceback.
+        assert link.publish_nowait(f"{BASE}/sensors/+", b"never")
         assert link.publish_nowait(f"{BASE}/sensors/b", b'{"v": 2}', retain=True)
         # Leaving at once: the queued batch still goes out before the DISCONNECT.
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="late") as late:
@@ -133,6 +135,7 @@ async def test_retained_live_state_and_the_last_batch_before_a_clean_stop(mosqui
         messages = await _receive(late, 2, timeout=10)
     assert sorted((str(m.topic), bytes(m.payload)) for m in messages) == [
         (f"{BASE}/sensors/a", b'{"v": 1}'), (f"{BASE}/sensors/b", b'{"v": 2}')]
+    assert _counter(registry, "mycoedge_mqtt_publish_dropped_total") == 1
 
 
 async def test_without_a_broker_nothing_is_queued_and_the_drop_is_counted(mosquitto: MosquittoProcess) -> None:
