@@ -9,7 +9,8 @@ in another (``mycoedge run``) against a real Mosquitto; CPU is read from /proc f
 window, so the stubs' cost is the baseline printed beside the daemon's.
 
 A subscriber (paho on its own thread, in this process) checks that the live view loses nothing: every
-telemetry message's ``seq`` must follow the previous one of its device and sensor.
+telemetry message's ``seq`` must follow the previous one of its device and sensor; after the daemon stops,
+the store must hold every reading it counted, with no seq gap per sensor.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -93,6 +95,15 @@ class TelemetryWatch:
         self._client.loop_stop()
 
 
+def store_check(path: Path) -> tuple[int, int]:
+    """Readings in the store after the daemon stopped, and the seq gaps among each sensor's rows."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        stored = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        gaps = db.execute("SELECT coalesce(sum(g), 0) FROM (SELECT max(seq) - min(seq) + 1 - count(DISTINCT seq)"
+                          " AS g FROM readings GROUP BY device_id, sensor)").fetchone()[0]
+    return int(stored), int(gaps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--boards", type=int, default=64)
@@ -144,6 +155,7 @@ def main() -> None:
                 stubs.terminate()
                 stubs.wait(timeout=30)
                 stubs.stdout.close()
+            stored, store_gaps = store_check(tmp / "state" / "mycoedge.db")
     wall = t1 - t0
 
     def delta(key: str) -> float:
@@ -157,6 +169,8 @@ def main() -> None:
           f"crc errors {delta('err_crc'):.0f}")
     print(f"  MQTT telemetry received {m1 - m0} ({(m1 - m0) / wall:.0f}/s), seq gaps seen on MQTT {g1 - g0}, "
           f"malformed {watch.bad}")
+    print(f"  store after stop: {stored} readings (>= {after.get('readings', 0):.0f} counted at the last scrape: "
+          f"{'yes' if stored >= after.get('readings', 0) else 'NO'}), seq gaps in the store {store_gaps}")
     print(f"  {'process':28}{'CPU % of one core':>18}")
     print(f"  {'daemon (goal <= 25)':28}{100 * (d1 - d0) / wall:>18.1f}")
     print(f"  {'baseline: firmware stubs':28}{100 * (s1 - s0) / wall:>18.1f}")
