@@ -291,11 +291,14 @@ class Pools:
         if not caller.admin:
             self._anomaly.check(caller.id, text)
         limit = max(1, min(limit, self._limits.max_items, int(decision.get("limit", 10**9))))
+        # Twice as many when sensitive items will be dropped below, so the answer is still ``limit`` long;
+        # a top-k search costs more the larger k is, so not when nothing is dropped.
+        fetch = limit if level_ok_sensitive else limit * 2
         try:
             if text:
-                items = [h.item for h in await self._store.memory.search(text=text, flt=flt, limit=limit * 2)]
+                items = [h.item for h in await self._store.memory.search(text=text, flt=flt, limit=fetch)]
             else:
-                items = await self._store.memory.list_items(flt, limit=limit * 2)
+                items = await self._store.memory.list_items(flt, limit=fetch)
         except StoreError as exc:
             raise InvalidRequest(str(exc)) from None
         if not level_ok_sensitive:
