@@ -42,6 +42,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, proc(5)
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (proc(5), /proc/<pid>/task/<tid>/stat)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a worker thread that ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
@@ -144,10 +156,12 @@ def main() -> None:
                 before, d0, s0, b0, t0 = (scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid),
                                           cpu_seconds(broker_pid), time.monotonic())
                 m0, g0 = watch.snapshot()
+                threads0 = thread_cpu(daemon.pid)
                 time.sleep(args.duration)
                 after, d1, s1, b1, t1 = (scrape(api), cpu_seconds(daemon.pid), cpu_seconds(stubs.pid),
                                          cpu_seconds(broker_pid), time.monotonic())
                 m1, g1 = watch.snapshot()
+                threads1 = thread_cpu(daemon.pid)
             finally:
                 watch.close()
                 daemon.terminate()
@@ -173,6 +187,9 @@ def main() -> None:
           f"{'yes' if stored >= after.get('readings', 0) else 'NO'}), seq gaps in the store {store_gaps}")
     print(f"  {'process':28}{'CPU % of one core':>18}")
     print(f"  {'daemon (goal <= 25)':28}{100 * (d1 - d0) / wall:>18.1f}")
+    loop_thread = threads1.get(daemon.pid, 0.0) - threads0.get(daemon.pid, 0.0)
+    print(f"  {'  of which the event loop':28}{100 * loop_thread / wall:>18.1f}")
+    print(f"  {'  of which other threads':28}{100 * (d1 - d0 - loop_thread) / wall:>18.1f}  (SQLite writer, executors)")
     print(f"  {'baseline: firmware stubs':28}{100 * (s1 - s0) / wall:>18.1f}")
     print(f"  {'mosquitto (context)':28}{100 * (b1 - b0) / wall:>18.1f}")
 
