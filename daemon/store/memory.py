@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -30,12 +31,18 @@ from daemon.store.outbox import enqueue
 if TYPE_CHECKING:
     from daemon.store.db import Database
 
+log = logging.getLogger(__name__)
+
 MemoryType = Literal["short_term", "long_term", "profile"]
 VectorIndex = Literal["exact", "binary", "ivf"]
 MEMORY_TYPES = ("short_term", "long_term", "profile")
 SCOPES = ("AGENT_PRIVATE", "USER", "PROJECT", "TEAM", "GLOBAL")
 VISIBILITIES = ("private", "pool", "public")
-IVF_CHUNK = 128
+# ivf_vectors rowid = (partition + 1) << IVF_SHIFT | chunk_id, so each partition is one rowid range read
+# from consecutive table pages (partition -1, unassigned, is rowids below 1 << IVF_SHIFT). 40 bits of
+# chunk id and (4096 + 1) partitions stay inside SQLite's signed 64-bit rowid.
+IVF_SHIFT = 40
+MAX_CHUNK_ID = (1 << IVF_SHIFT) - 1
 NO_EXPIRY = 1e300  # vec0 metadata columns cannot hold NULL: "never expires" is a far-future time.
 RRF_K = 60  # Cormack et al. 2009: the constant that worked best across their runs.
 MAX_CONTENT_CHARS = 1_000_000
@@ -184,10 +191,11 @@ class Memory:
         # exact: one vec0 float table does KNN and holds the vectors. binary: a vec0 bit table (sign of
         # each dimension) finds candidates by Hamming distance, a plain table holds the float vectors
         # that re-rank them exactly.
-        # ivf: a vec0 float table partitioned by nearest centroid (see daemon/store/ivf.py); partition -1
-        # holds vectors not assigned yet and is always scanned, so search stays exact for them.
-        self._knn_table = {"exact": "chunk_vec", "binary": "chunk_bits", "ivf": "chunk_ivf"}[vector_index]
-        self._float_table = "chunk_vec" if vector_index == "exact" else "chunk_f32"
+        # ivf: one plain table holds each float vector with its access columns, keyed so that each
+        # partition (nearest centroid, see daemon/store/ivf.py) is one rowid range; partition -1 holds
+        # vectors not assigned yet and is always scanned, so search stays exact for them.
+        self._knn_table = {"exact": "chunk_vec", "binary": "chunk_bits", "ivf": "ivf_vectors"}[vector_index]
+        self._float_table = {"exact": "chunk_vec", "binary": "chunk_f32", "ivf": "ivf_vectors"}[vector_index]
         self._probes = max(1, ivf_probes)
         self._train_at = ivf_train_at
         self._trained = False
@@ -225,24 +233,41 @@ class Memory:
             )
         else:
             conn.execute(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS chunk_ivf USING vec0(chunk_id INTEGER PRIMARY KEY,"
-                f" cluster INTEGER PARTITION KEY, embedding float[{self.dim}] distance_metric=cosine,{access_columns},"
-                # vec0 allocates storage per partition in chunks of this many vectors (default 1024); IVF
-                # partitions hold about sqrt(N) vectors, so small chunks keep probes from reading empty slots.
-                f" chunk_size={IVF_CHUNK})"
+                "CREATE TABLE IF NOT EXISTS ivf_vectors(id INTEGER PRIMARY KEY, chunk_id INTEGER NOT NULL UNIQUE,"
+                " embedding BLOB NOT NULL, owner_type TEXT NOT NULL, owner_id TEXT NOT NULL, pool TEXT NOT NULL,"
+                " scope TEXT NOT NULL, type TEXT NOT NULL, visibility TEXT NOT NULL, expires_at REAL NOT NULL)"
             )
             conn.execute(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS ivf_centroids USING vec0("
                 f"id INTEGER PRIMARY KEY, embedding float[{self.dim}] distance_metric=cosine,"
                 f" chunk_size={ivf.CENTROID_CHUNK})"
             )
+            self._migrate_vec0_ivf(conn)
             self._trained = conn.execute("SELECT count(*) FROM ivf_centroids").fetchone()[0] > 0
-        if self.vector_index != "exact":
+        if self.vector_index == "binary":
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS chunk_f32(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL,"
                 " cluster INTEGER NOT NULL DEFAULT -1)"
             )
-            conn.execute("CREATE INDEX IF NOT EXISTS chunk_f32_cluster ON chunk_f32(cluster)")
+
+    @staticmethod
+    def _migrate_vec0_ivf(conn: sqlite3.Connection) -> None:
+        """Move vectors of the first ivf layout (a vec0 table partitioned by centroid plus a float copy in
+        chunk_f32) into ivf_vectors: on disk, vec0 read every partition's chunk list per probe (~50 ms at
+        1M vectors) where a rowid range reads only that partition's pages."""
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "chunk_ivf" not in tables or "chunk_f32" not in tables:
+            return
+        conn.execute(
+            "INSERT OR IGNORE INTO ivf_vectors(id, chunk_id, embedding, owner_type, owner_id, pool, scope, type,"
+            " visibility, expires_at) SELECT ((f.cluster + 1) << ?) | f.chunk_id, f.chunk_id, f.embedding,"
+            " m.owner_type, m.owner_id, m.pool, m.scope, m.type, m.visibility, coalesce(m.expires_at, ?)"
+            " FROM chunk_f32 f JOIN chunks c ON c.id = f.chunk_id JOIN memories m ON m.id = c.memory_id",
+            (IVF_SHIFT, NO_EXPIRY),
+        )
+        conn.execute("DROP TABLE chunk_ivf")
+        conn.execute("DROP TABLE chunk_f32")
+        log.info("ivf vectors moved to the range-partitioned table")
 
     async def aclose(self) -> None:
         if self.embedder is not None:
@@ -280,10 +305,7 @@ class Memory:
                         (cursor.lastrowid, vec, *access),
                     )
                 elif self.vector_index == "ivf":
-                    cluster = self._nearest(conn, vec)
-                    self._insert_ivf(conn, int(cursor.lastrowid or 0), vec, access, cluster)
-                    conn.execute("INSERT INTO chunk_f32(chunk_id, embedding, cluster) VALUES (?, ?, ?)",
-                                 (cursor.lastrowid, vec, cluster))
+                    self._insert_ivf(conn, int(cursor.lastrowid or 0), vec, access, self._nearest(conn, vec))
                 else:
                     conn.execute(
                         "INSERT INTO chunk_bits(chunk_id, embedding, owner_type, owner_id, pool, scope, type,"
@@ -301,10 +323,12 @@ class Memory:
 
     @staticmethod
     def _insert_ivf(conn: sqlite3.Connection, chunk_id: int, vec: bytes, access: Sequence[Any], cluster: int) -> None:
+        if not 0 < chunk_id <= MAX_CHUNK_ID:
+            raise StoreError(f"chunk id {chunk_id} does not fit the ivf rowid layout")
         conn.execute(
-            "INSERT INTO chunk_ivf(chunk_id, cluster, embedding, owner_type, owner_id, pool, scope, type, visibility,"
+            "INSERT INTO ivf_vectors(id, chunk_id, embedding, owner_type, owner_id, pool, scope, type, visibility,"
             " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (chunk_id, cluster, vec, *access),
+            ((cluster + 1) << IVF_SHIFT | chunk_id, chunk_id, vec, *access),
         )
 
     async def build_vector_index(
@@ -320,8 +344,8 @@ class Memory:
             raise InvalidInputError("build_vector_index needs vector_index 'ivf'")
 
         def read_sample(conn: sqlite3.Connection) -> tuple[int, list[bytes]]:
-            total = int(conn.execute("SELECT count(*) FROM chunk_f32").fetchone()[0])
-            rows = conn.execute("SELECT embedding FROM chunk_f32 ORDER BY random() LIMIT ?", (sample,))
+            total = int(conn.execute("SELECT count(*) FROM ivf_vectors").fetchone()[0])
+            rows = conn.execute("SELECT embedding FROM ivf_vectors ORDER BY random() LIMIT ?", (sample,))
             return total, [bytes(r[0]) for r in rows]
 
         total, samples = await self._db.read(read_sample)
@@ -354,22 +378,21 @@ class Memory:
         return len(centroids)
 
     def _reassign_batch(self, conn: sqlite3.Connection, *, to_unassigned: bool, batch: int) -> int:
-        """Writer thread: move up to ``batch`` vectors to partition -1, or from -1 to their centroid."""
+        """Writer thread: move up to ``batch`` vectors to partition -1, or from -1 to their centroid.
+
+        A move changes only the row's key (its partition); SQLite rewrites the row under the new rowid."""
         rows = conn.execute(
-            "SELECT f.chunk_id, f.embedding, m.owner_type, m.owner_id, m.pool, m.scope, m.type, m.visibility,"
-            " m.expires_at FROM chunk_f32 f JOIN chunks c ON c.id = f.chunk_id JOIN memories m ON m.id = c.memory_id"
-            " WHERE (f.cluster = -1) != ? LIMIT ?",
-            (int(to_unassigned), batch),
+            "SELECT chunk_id, embedding FROM ivf_vectors WHERE id >= ? LIMIT ?" if to_unassigned
+            else "SELECT chunk_id, embedding FROM ivf_vectors WHERE id < ? LIMIT ?",
+            (1 << IVF_SHIFT, batch),
         ).fetchall()
         moved = 0
-        for chunk_id, vec, *access in rows:
+        for chunk_id, vec in rows:
             cluster = -1 if to_unassigned else self._nearest(conn, vec)
             if cluster == -1 and not to_unassigned:
                 break  # no centroids (a concurrent rebuild started): leave the rest unassigned
-            access[-1] = NO_EXPIRY if access[-1] is None else access[-1]
-            conn.execute("DELETE FROM chunk_ivf WHERE chunk_id = ?", (chunk_id,))
-            self._insert_ivf(conn, chunk_id, vec, access, cluster)
-            conn.execute("UPDATE chunk_f32 SET cluster = ? WHERE chunk_id = ?", (cluster, chunk_id))
+            conn.execute("UPDATE ivf_vectors SET id = ? WHERE chunk_id = ?", ((cluster + 1) << IVF_SHIFT | chunk_id,
+                                                                             chunk_id))
             moved += 1
         return moved
 
@@ -377,7 +400,7 @@ class Memory:
         """Train the IVF index once enough vectors exist (called by the store's periodic task)."""
         if self.vector_index != "ivf" or self._trained or self._building:
             return
-        count = await self._db.read(lambda c: int(c.execute("SELECT count(*) FROM chunk_f32").fetchone()[0]))
+        count = await self._db.read(lambda c: int(c.execute("SELECT count(*) FROM ivf_vectors").fetchone()[0]))
         if count >= self._train_at:
             await self.build_vector_index()
 
@@ -564,16 +587,6 @@ class Memory:
                         vectors[0] = bytes(kept[0])
                 self._delete_chunks(conn, memory_id)
                 self._insert_chunks(conn, item, chunks, vectors)
-            elif self.vector_index == "ivf":
-                # sqlite-vec refuses UPDATE on a table with a partition key: re-insert with the new columns.
-                access = (item.owner_type, item.owner_id, item.pool, item.scope, item.type, item.visibility,
-                          item.expires_at if item.expires_at is not None else NO_EXPIRY)
-                for chunk_id, vec, cluster in conn.execute(
-                    "SELECT f.chunk_id, f.embedding, f.cluster FROM chunk_f32 f JOIN chunks c ON c.id = f.chunk_id"
-                    " WHERE c.memory_id = ?", (memory_id,)
-                ).fetchall():
-                    conn.execute("DELETE FROM chunk_ivf WHERE chunk_id = ?", (chunk_id,))
-                    self._insert_ivf(conn, chunk_id, vec, access, cluster)
             else:
                 conn.execute(
                     f"UPDATE {self._knn_table} SET pool = ?, scope = ?, type = ?, visibility = ?, expires_at = ?"  # noqa: S608 - table name is one of two constants
@@ -760,12 +773,17 @@ class Memory:
                     "SELECT id FROM ivf_centroids WHERE embedding MATCH ? AND k = ?", (query, probes)
                 )
             ]
+            bounds: list[int] = []
+            for cluster in clusters:
+                bounds += [(cluster + 1) << IVF_SHIFT, ((cluster + 2) << IVF_SHIFT) - 1]
+            # CROSS JOIN: the probed ranges drive, each read as one rowid range of ivf_vectors.
             rows = conn.execute(
-                "SELECT c.memory_id, c.text, knn.distance FROM ("  # noqa: S608 - only fixed column names and ? placeholders are interpolated
-                " SELECT v.chunk_id, v.distance FROM chunk_ivf v WHERE v.embedding MATCH ? AND k = ?"
-                f" AND v.cluster IN ({','.join('?' * len(clusters))}) AND {where}"
-                ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.distance LIMIT ?",
-                [query, depth, *clusters, *args, depth],
+                f"WITH p(lo, hi) AS (VALUES {','.join(['(?, ?)'] * len(clusters))})"  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                " SELECT c.memory_id, c.text, knn.d FROM ("
+                " SELECT v.chunk_id, vec_distance_cosine(v.embedding, ?) AS d FROM p"
+                f" CROSS JOIN ivf_vectors v ON v.id BETWEEN p.lo AND p.hi WHERE {where} ORDER BY d LIMIT ?"
+                ") knn JOIN chunks c ON c.id = knn.chunk_id ORDER BY knn.d",
+                [*bounds, query, *args, depth],
             ).fetchall()
             if len(rows) >= want or probes >= lists:
                 return rows

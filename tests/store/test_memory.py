@@ -264,7 +264,7 @@ async def test_ivf_index_trains_partitions_and_keeps_filters(tmp_path: Path, sig
         before = await store.memory.search(vector=vec, limit=1)  # untrained: partition -1, exact
         assert before[0].item.id == target.id
         assert await store.memory.build_vector_index(lists=6) == 6
-        sql = "SELECT count(DISTINCT cluster) FROM chunk_f32"
+        sql = "SELECT count(DISTINCT id >> 40) FROM ivf_vectors"
         clusters = await store.db.read(lambda c: c.execute(sql).fetchone()[0])
         assert clusters > 1
         after = await store.memory.search(vector=vec, limit=1)

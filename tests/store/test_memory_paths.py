@@ -138,3 +138,42 @@ async def test_pruned_keyword_search_is_the_exact_top_k(
         compared, pruned = await store.db.read(check)
         assert compared == len(queries) * 6
         assert pruned > compared // 4  # the bound held often enough for the split path to be tested
+
+
+async def test_first_ivf_layout_moves_into_range_partitions(tmp_path: Path, signer: Ed25519Signer) -> None:
+    """A database whose ivf vectors sit in the first layout (vec0 chunk_ivf + chunk_f32) is moved at open."""
+    import struct
+
+    import sqlite_vec
+
+    path = tmp_path / "old-ivf.db"
+    async with Store(path, signer=signer, embedding_dim=4, vector_index="ivf", ttl_sweep_s=0) as store:
+        near = await store.memory.create(owner_type="agent", owner_id="a", content="near", vector=[1, 0, 0, 0])
+        far = await store.memory.create(owner_type="agent", owner_id="a", content="far", vector=[0, 1, 0, 0])
+    conn = sqlite3.connect(path)
+    conn.enable_load_extension(True)
+    sqlite_vec.load(conn)
+    conn.execute(
+        "CREATE VIRTUAL TABLE chunk_ivf USING vec0(chunk_id INTEGER PRIMARY KEY, cluster INTEGER PARTITION KEY,"
+        " embedding float[4] distance_metric=cosine, owner_type TEXT, owner_id TEXT, pool TEXT, scope TEXT, type TEXT,"
+        " visibility TEXT, expires_at FLOAT, chunk_size=128)"
+    )
+    conn.execute("CREATE TABLE chunk_f32(chunk_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL,"
+                 " cluster INTEGER NOT NULL DEFAULT -1)")
+    for chunk_id, vec in conn.execute("SELECT chunk_id, embedding FROM ivf_vectors").fetchall():
+        conn.execute("INSERT INTO chunk_f32(chunk_id, embedding, cluster) VALUES (?, ?, -1)", (chunk_id, vec))
+        conn.execute("INSERT INTO chunk_ivf(chunk_id, cluster, embedding, owner_type, owner_id, pool, scope, type,"
+                     " visibility, expires_at) VALUES (?, -1, ?, 'agent', 'a', 'default', 'AGENT_PRIVATE',"
+                     " 'long_term', 'private', 1e300)", (chunk_id, vec))
+    conn.execute("DELETE FROM ivf_vectors")
+    conn.commit()
+    conn.close()
+    async with Store(path, signer=signer, embedding_dim=4, vector_index="ivf", ttl_sweep_s=0) as store:
+        tables = await store.db.read(lambda c: {str(r[0]) for r in c.execute("SELECT name FROM sqlite_master")})
+        assert "chunk_ivf" not in tables and "chunk_f32" not in tables
+        hits = await store.memory.search(vector=[0.9, 0.1, 0, 0], limit=2)
+        assert [h.item.id for h in hits] == [near.id, far.id]
+        stored = await store.db.read(lambda c: c.execute("SELECT embedding FROM ivf_vectors WHERE id >> 40 = 0"
+                                                         " ORDER BY chunk_id").fetchall())
+        assert [struct.unpack("<4f", bytes(r[0])) for r in stored] == [(1, 0, 0, 0), (0, 1, 0, 0)]
+        assert await store.integrity_check() == ["ok"]
