@@ -29,10 +29,10 @@ from attestation import NodeAttestor, NodeTrust
 from daemon import __version__, attest, devices, http_store, http_sync
 from daemon.api import AdminTokenResolver, ApiServer, Principal, Readiness, TokenResolver, build_app
 from daemon.config import Config, parse_gates, parse_listen
-from daemon.devices import COMMAND_GATE_KEY, FLEET_KEY, CommandGate, DeviceFleet
+from daemon.devices import COMMAND_GATE_KEY, FLEET_KEY, CommandGate, CommandRefused, DeviceFleet, MqttCommandGate
 from daemon.hub import HUB_KEY, Hub
 from daemon.hub.broker_auth import MosquittoFiles
-from daemon.hub.errors import HubError
+from daemon.hub.errors import HubError, RateLimited
 from daemon.hub.routes import problem_for
 from daemon.mqtt import BrokerLink, BrokerState
 from daemon.openapi import Routes
@@ -251,6 +251,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         ha_discovery=config.mqtt.ha_discovery,
         ha_prefix=config.mqtt.ha_prefix,
         hotplug=node.hotplug or await _udev_source(config, stack),
+        mqtt_command_gate=_mqtt_device_gate(node.hub) if node.hub is not None else None,
     )
     await stack.enter_async_context(node.fleet)
     fleet = node.fleet
@@ -342,6 +343,26 @@ def _device_gate(hub: Hub) -> CommandGate:
             raise problem_for(exc) from None
         except TrustError as exc:
             raise Problem(403, str(exc), kind="forbidden") from None
+
+    return gate
+
+
+def _mqtt_device_gate(hub: Hub) -> MqttCommandGate:
+    """An agent's command on ``devices/<id>/cmd/<agent_id>`` passes the same gate as over HTTP.
+
+    The broker already let only that agent publish there; the hub adds rate limit, trust gate and policy.
+    The refusal's ``error`` is left to the fleet, whose MQTT answers spell kinds with underscores.
+    """
+
+    async def gate(agent_id: str, device_id: str, command: str) -> None:
+        try:
+            await hub.authorize_device_command_mqtt(agent_id, device_id, command)
+        except RateLimited as exc:
+            raise CommandRefused(exc.status, str(exc), retry_after_s=exc.retry_after_s) from None
+        except HubError as exc:
+            raise CommandRefused(exc.status, str(exc)) from None
+        except TrustError as exc:
+            raise CommandRefused(403, str(exc)) from None
 
     return gate
 
