@@ -343,9 +343,18 @@ class DeviceFleet:
 
     async def _mqtt_command(self, message: aiomqtt.Message, key: str, *, agent_id: str | None) -> None:
         props = message.properties
-        response_topic = (getattr(props, "ResponseTopic", None)
-                          or f"{self._topic_base}/devices/{key}/cmd/{RESULT_LEAF}")
+        default_topic = f"{self._topic_base}/devices/{key}/cmd/{RESULT_LEAF}"
+        response_topic = getattr(props, "ResponseTopic", None) or default_topic
         correlation = getattr(props, "CorrelationData", None)
+        own_inbox = f"{self._topic_base}/agents/{agent_id}/inbox"
+        if agent_id is not None and response_topic not in (default_topic, own_inbox):
+            # The node publishes with full rights: an agent must not make it write into another agent's
+            # inbox or onto any topic it chooses. Its own inbox or the device's result topic only.
+            self._refused_commands.labels(error="bad_response_topic").inc()
+            await self._reply(default_topic, correlation, {
+                "ok": False, "error": "bad_response_topic", "status": 403,
+                "message": "an agent's response topic must be its own inbox or the device's cmd/result"})
+            return
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         try:
             name, params = parse_command(bytes(payload))

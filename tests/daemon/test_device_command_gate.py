@@ -51,7 +51,8 @@ def _commands_named(board: SpecBoard, name: str) -> list[dict[str, Any]]:
 async def _ask(client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes) -> dict[str, Any]:
     """Publish a command with a response topic and correlation data; the answer that echoes it."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = "agents-replies"
+    # An agent may only have the answer sent to its own inbox or the device's cmd/result; operators anywhere.
+    props.ResponseTopic = "agents-replies" if topic.endswith("/cmd") else f"{BASE}/devices/{BOARD}/cmd/result"
     props.CorrelationData = correlation
     await client.publish(topic, payload, qos=1, properties=props)
     async with asyncio.timeout(20):
@@ -82,6 +83,7 @@ async def test_the_gate_refuses_or_lets_through_by_the_agent_the_topic_names(
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agents",
                               protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe("agents-replies", qos=1)
+        await client.subscribe(f"{BASE}/devices/{BOARD}/cmd/result", qos=1)
         await wait_for(lambda: _has_readings(running), timeout=20)
 
         refused = await _ask(client, f"{BASE}/devices/{BOARD}/cmd/agent-x", json.dumps(CMD).encode(), b"c-1")
@@ -125,6 +127,7 @@ async def test_a_failing_gate_refuses_and_without_a_gate_the_agent_topic_is_serv
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agents",
                               protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe("agents-replies", qos=1)
+        await client.subscribe(f"{BASE}/devices/{BOARD}/cmd/result", qos=1)
         await wait_for(lambda: _has_readings(running), timeout=20)
 
         fleet.mqtt_command_gate = broken

@@ -43,9 +43,12 @@ async def _http(running: RunningNode, method: str, path: str, body: Any = None) 
         return resp.status, await resp.json(content_type=None)
 
 
-async def _ask(client: aiomqtt.Client, topic: str, correlation: bytes) -> dict[str, Any]:
+async def _ask(client: aiomqtt.Client, topic: str, correlation: bytes, reply_to: str | None = None) -> dict[str, Any]:
+    """Publish as the agent the topic names; the answer goes to its inbox unless ``reply_to`` says otherwise."""
+    agent = topic.rsplit("/", 1)[1]
+    base = topic.split("/devices/", 1)[0]
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ResponseTopic = "replies"
+    props.ResponseTopic = reply_to or f"{base}/agents/{agent}/inbox"
     props.CorrelationData = correlation
     await client.publish(topic, json.dumps(CMD).encode(), qos=1, properties=props)
     async with asyncio.timeout(20):
@@ -82,7 +85,12 @@ async def test_mqtt_commands_pass_capability_trust_gate_and_policy(
 
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agents",
                               protocol=aiomqtt.ProtocolVersion.V5) as client:
-        await client.subscribe("replies", qos=1)
+        await client.subscribe(f"{running.node.topic_base}/agents/+/inbox", qos=1)
+        await client.subscribe(f"{base}/result", qos=1)
+
+        # The node publishes with full rights, so an agent cannot send the answer into another's inbox.
+        hijack = await _ask(client, f"{base}/op-1", b"0", reply_to=f"{running.node.topic_base}/agents/pipe-1/inbox")
+        assert (hijack["ok"], hijack["error"], hijack["status"]) == (False, "bad_response_topic", 403)
 
         # A token alone is level 1; device.command needs 2 (ARCHITECTURE.md defaults).
         low = await _ask(client, f"{base}/op-1", b"1")
