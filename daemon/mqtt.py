@@ -101,7 +101,8 @@ class BrokerLink:
             "Live (publish_nowait) messages dropped because the socket could not keep up", registry=registry,
         )
         self._nowait: collections.deque[tuple[str, bytes, bool]] = collections.deque()
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_soon = False  # the pending flush runs at the end of this loop iteration
         self._bad_topic_logged = False
         self._state_gauge = Gauge(
             "mycoedge_mqtt_connected", "1 while connected to the broker", registry=registry
@@ -154,11 +155,13 @@ class BrokerLink:
             return False
         return True
 
-    def publish_nowait(self, topic: str, payload: str | bytes, *, retain: bool = False) -> bool:
+    def publish_nowait(self, topic: str, payload: str | bytes, *, retain: bool = False, soon: bool = False) -> bool:
         """Queue a QoS 0 message for the next batch; False (counted) when disconnected or the backlog is full.
 
         Messages keep their order among themselves; they may leave up to ``NOWAIT_FLUSH_S`` after an awaited
-        ``publish`` made later. For telemetry, not for anything that must arrive.
+        ``publish`` made later. For telemetry, not for anything that must arrive. ``soon`` sends the batch at
+        the end of this loop iteration instead (the hub's QoS 0 deliveries, where latency is the point):
+        everything queued until then still leaves in one corked burst.
         """
         if self._client is None or not self.connected.is_set():
             self._dropped.inc()
@@ -167,13 +170,19 @@ class BrokerLink:
             self._backlog_dropped.inc()
             return False
         self._nowait.append((topic, payload.encode() if isinstance(payload, str) else payload, retain))
-        if self._flush_handle is None:
+        if soon and not self._flush_soon:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_nowait)
+            self._flush_soon = True
+        elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(NOWAIT_FLUSH_S, self._flush_nowait)
         return True
 
     def _flush_nowait(self) -> None:
         """Hand the queued live messages to paho in one corked burst (see the module docstring)."""
         self._flush_handle = None
+        self._flush_soon = False
         queue = self._nowait
         if not queue:
             return

@@ -401,7 +401,12 @@ class Hub:
     # -- messages ---------------------------------------------------------------------------------
 
     async def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
+        """A delivery keeps the sender's QoS. At QoS 0 nothing is awaited anyway (fire and forget, as the
+        sender asked), so it joins the link's corked batch that leaves at the end of this loop iteration:
+        one write for every delivery routed in the same turn, instead of a writer round trip each."""
         assert self.broker is not None
+        if qos == 0:
+            return self.broker.publish_nowait(topic, payload, soon=True)
         return await self.broker.publish(topic, payload, qos=qos)
 
     async def _check_message(self, envelope: Envelope) -> None:

@@ -146,3 +146,23 @@ async def test_without_a_broker_nothing_is_queued_and_the_drop_is_counted(mosqui
                           registry=registry) as link:
         assert link.publish_nowait(f"{BASE}/live", b"lost") is False
     assert _counter(registry, "mycoedge_mqtt_publish_dropped_total") == 1
+
+
+async def test_soon_sends_the_whole_queue_this_iteration_in_order(mosquitto: MosquittoProcess) -> None:
+    """``soon`` (the hub's QoS 0 deliveries) flushes at the end of the loop turn, with what was queued before."""
+    registry = CollectorRegistry()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="watch-soon",
+                              protocol=aiomqtt.ProtocolVersion.V5) as watch, \
+            _link(mosquitto.port, registry) as link:
+        await watch.subscribe(f"{BASE}/soon/#", qos=0)
+        receiving = asyncio.create_task(_receive(watch, 6))
+        for i in range(5):
+            assert link.publish_nowait(f"{BASE}/soon/t", b"%d" % i)
+        timer = link._flush_handle
+        assert isinstance(timer, asyncio.TimerHandle)  # telemetry waits for the 10 ms batch
+        assert link.publish_nowait(f"{BASE}/soon/t", b"5", soon=True)
+        assert timer.cancelled() and not isinstance(link._flush_handle, asyncio.TimerHandle)
+        await asyncio.sleep(0)
+        assert link._flush_handle is None and not link._nowait  # handed to paho in this turn, no timer left
+        messages = await receiving
+    assert [bytes(m.payload) for m in messages] == [b"0", b"1", b"2", b"3", b"4", b"5"]
