@@ -102,15 +102,27 @@ def uuid7_bytes(unix_ms: int) -> bytes:
     The MAIF reference treats block ids as opaque 16-byte UUIDs; version 7 keeps ids of new blocks
     near the end of the block-id index, so inserting them does not touch random index pages.
     """
-    raw = bytearray(unix_ms.to_bytes(6, "big") + os.urandom(10))
+    return _uuid7(unix_ms.to_bytes(6, "big"), os.urandom(10))
+
+
+def _uuid7(time48: bytes, random80: bytes) -> bytes:
+    raw = bytearray(time48 + random80)
     raw[6] = (raw[6] & 0x0F) | 0x70
     raw[8] = (raw[8] & 0x3F) | 0x80
     return bytes(raw)
 
 
+# FourCCs already checked (a handful in practice; bounded so odd input cannot grow it without limit).
+_GOOD_FOURCC: set[str] = set()
+
+
 def check_fourcc(fourcc: str) -> str:
+    if fourcc in _GOOD_FOURCC:
+        return fourcc
     if not isinstance(fourcc, str) or not _FOURCC_RE.match(fourcc):
         raise InvalidInputError(f"fourcc must be 4 characters A-Z, 0-9, '_' or space, got {fourcc!r}")
+    if len(_GOOD_FOURCC) < 256:
+        _GOOD_FOURCC.add(fourcc)
     return fourcc
 
 
@@ -276,50 +288,72 @@ class BlockLog:
 
     def _check(self, item: BlockInput) -> _Checked:
         """Everything about a block that can be wrong, checked before it joins a group (caller side)."""
-        fourcc = check_fourcc(item.fourcc)
-        payload = bytes(item.payload)
+        return self._check_fields(item.fourcc, item.payload, item.metadata, item.block_id, item.ts_us, item.encrypt)
+
+    def _check_fields(  # noqa: PLR0917 - the fields of BlockInput, without building one per single append
+        self, fourcc: str, payload: bytes, metadata: Mapping[str, Any] | None, block_id: bytes | None,
+        ts_us: int | None, encrypt: bool | None,
+    ) -> _Checked:
+        fourcc = check_fourcc(fourcc)
+        payload = bytes(payload)
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise InvalidInputError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        if item.block_id is not None and len(item.block_id) != 16:
+        if block_id is not None and len(block_id) != 16:
             raise InvalidInputError("block_id must be 16 bytes")
-        encrypt = self._encrypt_default if item.encrypt is None else item.encrypt
+        encrypt = self._encrypt_default if encrypt is None else encrypt
         if encrypt and self._cipher is None:
             raise InvalidInputError("encryption requested but the store has no encryption key")
-        return fourcc, payload, canonical_metadata(item.metadata), item.block_id, item.ts_us, bool(encrypt)
+        return fourcc, payload, canonical_metadata(metadata), block_id, ts_us, bool(encrypt)
 
-    def _materialize(self, checked: _Checked, now_us: int) -> tuple[bytes, str, int, int, bytes, bytes]:
-        """Id, time and encryption of a checked block (writer thread; cannot fail on valid input)."""
-        fourcc, payload, meta, given_id, given_ts, encrypt = checked
-        block_id = given_id if given_id is not None else uuid7_bytes(now_us // 1000)
-        flags = 0
-        if encrypt and self._cipher is not None:
-            payload = self._cipher.encrypt(payload, block_id)
-            flags = FLAG_ENCRYPTED
-        return block_id, fourcc, flags, given_ts if given_ts is not None else now_us, meta, payload
+    def _materialize(self, checked: Sequence[_Checked], now_us: int) -> list[tuple[bytes, str, int, int, bytes, bytes]]:
+        """Ids, times and encryption of checked blocks (writer thread; cannot fail on valid input).
+
+        One ``os.urandom`` call draws the random part of every generated id of the group."""
+        time48 = (now_us // 1000).to_bytes(6, "big")
+        entropy = os.urandom(10 * len(checked))
+        out = []
+        for index, (fourcc, plain, meta, given_id, given_ts, encrypt) in enumerate(checked):
+            block_id = given_id if given_id is not None else _uuid7(time48, entropy[10 * index : 10 * index + 10])
+            stored, flags = plain, 0
+            if encrypt and self._cipher is not None:
+                stored, flags = self._cipher.encrypt(plain, block_id), FLAG_ENCRYPTED
+            out.append((block_id, fourcc, flags, given_ts if given_ts is not None else now_us, meta, stored))
+        return out
 
     def insert_prepared(
         self,
         conn: sqlite3.Connection,
         prepared: Sequence[tuple[bytes, str, int, int, bytes, bytes]],
+        *,
+        generated_ids: bool = False,
     ) -> list[BlockInfo]:
         """Chain already-hashed blocks and stage their rows (writer thread, inside a job).
 
         The rows are inserted by ``flush`` just before the group COMMIT, with one ``executemany`` for
         every block of the group; a job therefore either stages all of its blocks or raises before
         staging any, and the only failures left for ``flush`` are I/O errors, which fail the group.
+        Ids given by a caller are looked up first; ``generated_ids`` (all made here by ``uuid7_bytes``,
+        74 random bits each) skips that lookup, one query per block: a collision would still be refused
+        by the UNIQUE constraint at flush and fail its group loudly, never overwrite a block.
         """
-        for block_id, *_ in prepared:
-            if block_id in self._staged_ids or conn.execute(
-                "SELECT 1 FROM blocks WHERE block_id = ?", (block_id,)
-            ).fetchone():
-                raise InvalidInputError(f"block {block_id.hex()} already exists")
+        if not generated_ids:
+            for block_id, *_ in prepared:
+                if block_id in self._staged_ids or conn.execute(
+                    "SELECT 1 FROM blocks WHERE block_id = ?", (block_id,)
+                ).fetchone():
+                    raise InvalidInputError(f"block {block_id.hex()} already exists")
         head = self._ckpt.heads["maif"]
         seq, prev = head.seq, head.hash
         rows = []
         infos = []
+        sha256, pack = hashlib.sha256, _HEADER.pack
         for block_id, fourcc, flags, ts_us, meta, payload in prepared:
             seq += 1
-            chained = chain_hash(prev, seq, block_id, fourcc, flags, ts_us, payload, meta)
+            # chain_hash(), inlined: this loop runs once per appended block on the writer thread.
+            chained = sha256(
+                prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta))
+                + payload + meta
+            ).digest()
             rows.append((seq, block_id, fourcc, flags, ts_us, meta, payload, prev, chained))
             infos.append(BlockInfo(seq, block_id, fourcc, ts_us, chained))
             prev = chained
@@ -356,11 +390,10 @@ class BlockLog:
         Single appends made in the same turn of the event loop travel to the writer as one job, so
         many concurrent callers cost one queue hand-off and one wake-up instead of one each.
         """
-        item = BlockInput(fourcc, payload, metadata, block_id, ts_us, encrypt)
         if block_id is not None:
             # A caller-chosen id may collide; such a block goes alone so a collision fails only itself.
-            return (await self.append_many([item]))[0]
-        checked = self._check(item)
+            return (await self.append_many([BlockInput(fourcc, payload, metadata, block_id, ts_us, encrypt)]))[0]
+        checked = self._check_fields(fourcc, payload, metadata, None, ts_us, encrypt)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BlockInfo] = loop.create_future()
         if not self._pending:
@@ -374,7 +407,7 @@ class BlockLog:
         checked = [c for c, _ in pending]
 
         def run(conn: sqlite3.Connection) -> list[BlockInfo]:
-            return self.insert_prepared(conn, [self._materialize(c, now_us) for c in checked])
+            return self.insert_prepared(conn, self._materialize(checked, now_us), generated_ids=True)
 
         try:
             job = self._db.submit(run, savepoint=False)
@@ -402,10 +435,11 @@ class BlockLog:
             return []
         now_us = int(self._clock() * 1_000_000)
         checked = [self._check(item) for item in items]
+        generated = all(c[3] is None for c in checked)
 
         # Hashing and encryption run on the writer thread, keeping the event loop free.
         def run(conn: sqlite3.Connection) -> list[BlockInfo]:
-            return self.insert_prepared(conn, [self._materialize(c, now_us) for c in checked])
+            return self.insert_prepared(conn, self._materialize(checked, now_us), generated_ids=generated)
 
         return await self._db.write(run, savepoint=False)
 
@@ -422,8 +456,7 @@ class BlockLog:
 
         def run(conn: sqlite3.Connection) -> list[BlockInfo]:
             prepared = []
-            for c in checked:
-                block_id, fourcc, _, ts_us, meta, payload = self._materialize(c, now_us)
+            for block_id, fourcc, _, ts_us, meta, payload in self._materialize(checked, now_us):
                 prepared.append((block_id, fourcc, flags.get(block_id, 0) & STORED_FLAGS, ts_us, meta, payload))
             return self.insert_prepared(conn, prepared)
 
