@@ -41,8 +41,11 @@ BM25_MIN_IDF = 1e-6
 _AVERAGES_ROWID = 1
 _ASCII_TOKEN = re.compile(r"^[a-z0-9]+$")
 _IN_BATCH = 500
-# Below this many rows saved, two split queries cost more than scoring the common terms' rows outright.
-SPLIT_MIN_ROWS = 2000  # rowids per filter lookup: well under SQLITE_MAX_VARIABLE_NUMBER (32766)
+# A split scores the rows of the rare terms twice ((E) AND (C), then E) and counts the common terms' rows
+# for their idf; scoring a row costs about as much as the rest together, so a split is tried when the
+# common terms hold this many times the rare terms' rows, plus a margin (measured: docs/store-bench.md).
+SPLIT_FACTOR = 1.5
+SPLIT_MIN_ROWS = 500  # rowids per filter lookup: well under SQLITE_MAX_VARIABLE_NUMBER (32766)
 
 
 def query_words(text: str) -> list[str]:
@@ -194,7 +197,7 @@ def _top(conn: sqlite3.Connection, queries: Sequence[str], k: int, candidates: _
 
 def keyword_top(
     conn: sqlite3.Connection, words: Sequence[str], k: int, where: str, args: Sequence[Any],
-    *, split_min_rows: int = SPLIT_MIN_ROWS,
+    *, split_min_rows: int = SPLIT_MIN_ROWS, split_factor: float = SPLIT_FACTOR,
 ) -> list[Hit]:
     """The k best memories for ``words`` ORed (best chunk per memory), among those passing ``where``.
 
@@ -215,8 +218,8 @@ def keyword_top(
             rare_rows = sum(t.df or 0 for t in essential)
             if rare_rows < k:
                 continue  # fewer than k rows hold an essential term: the bound cannot be shown
-            if sum(t.df or 0 for t in common) < 2 * rare_rows + split_min_rows:
-                continue  # the split scores both halves; only worth it when the common terms dominate
+            if sum(t.df or 0 for t in common) < split_factor * rare_rows + split_min_rows:
+                continue  # the split scores the rare rows twice; only worth it when the common terms dominate
         either = " OR ".join(t.phrase for t in essential)
         if not common:
             hits, _ = _top(conn, [either], k, candidates)

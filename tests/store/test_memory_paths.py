@@ -126,7 +126,7 @@ async def test_pruned_keyword_search_is_the_exact_top_k(
                     where, args = Memory._where(flt, 0.0)
                     for k in (1, 10):
                         calls.clear()
-                        got = keyword_top(conn, query_words(text), k, where, args, split_min_rows=0)
+                        got = keyword_top(conn, query_words(text), k, where, args, split_min_rows=0, split_factor=0)
                         pruned += calls[-1:] == [2]  # the answer came from a split, not the plain query
                         want = _reference(conn, text, where, args, k)
                         assert [round(s, 9) for _, _, s in got] == [round(s, 9) for _, s in want], (text, flt, k)
