@@ -697,13 +697,19 @@ class _ChainWalk:
         return None
 
     def walk(self, rows: Iterator[Any]) -> VerifyReport | None:
+        """Check a batch of rows; a report for the first bad one, None when all are good.
+
+        The loop body is what verification costs per block beyond fetching and hashing it, so the
+        common case (hash, link and seq all match) takes one comparison chain and no attribute writes.
+        """
         sha256 = hashlib.sha256
         pack = _HEADER.pack
+        checkpoints = self.checkpoints
         prev = self.prev
         expected_seq = self.seq + 1
+        checked = self.checked
         for row in rows:
             seq, block_id, fourcc, flags, ts_us, meta, payload, prev_hash, chained = row
-            bad: str | None = None
             try:
                 computed = sha256(
                     prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta))
@@ -711,6 +717,17 @@ class _ChainWalk:
                 ).digest()
             except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
                 computed = b""
+            if computed == chained and prev_hash == prev and seq == expected_seq:
+                if seq in checkpoints:
+                    self.checked = checked
+                    bad = self.check_checkpoints(seq, chained)
+                    if bad is not None:
+                        return VerifyReport(False, checked, seq, bytes(block_id).hex(), bad)
+                prev = chained
+                expected_seq += 1
+                checked += 1
+                continue
+            self.checked = checked
             if computed != chained:
                 if seq != expected_seq:
                     bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
@@ -720,16 +737,11 @@ class _ChainWalk:
                     bad = "chain hash does not match the block's contents"
             elif prev_hash != prev:
                 bad = "previous hash does not match the previous block"
-            elif seq != expected_seq:
+            else:
                 bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
-            if bad is None and seq in self.checkpoints:
-                bad = self.check_checkpoints(seq, chained)
-            if bad is not None:
-                bid = bytes(block_id).hex() if isinstance(block_id, bytes | bytearray) else None
-                return VerifyReport(False, self.checked, int(seq) if isinstance(seq, int) else expected_seq, bid, bad)
-            prev = chained
-            expected_seq += 1
-            self.checked += 1
+            bid = bytes(block_id).hex() if isinstance(block_id, bytes | bytearray) else None
+            return VerifyReport(False, checked, int(seq) if isinstance(seq, int) else expected_seq, bid, bad)
+        self.checked = checked
         self.prev = prev
         self.seq = expected_seq - 1
         return None
