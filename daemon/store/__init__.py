@@ -56,6 +56,30 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_COMPACT = (",", ":")
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii=True)
+
+
+def telemetry_record(r: Reading) -> tuple[str, str, bytes]:
+    """A reading's ``quantities`` and ``meta`` JSON for the readings table, and its ``telemetry`` outbox payload.
+
+    The payload is ``json.dumps({device_id, meta, quantities, sensor, seq, ts, valid}, sort_keys=True,
+    separators=(",", ":"))`` byte for byte (a property test holds it to that), but assembled from the two
+    encodings the table needs anyway: at 2,500 readings/s, encoding each reading once instead of three
+    times (plus a decode) is about a tenth of the daemon's CPU on this path.
+    """
+    q_json = json.dumps({name: {"value": q.value, "unit": q.unit} for name, q in r.quantities.items()},
+                        sort_keys=True, separators=_COMPACT)
+    meta_json = json.dumps(dict(r.meta), default=str, sort_keys=True, separators=_COMPACT) if r.meta else "{}"
+    ts = r.ts
+    # float.__repr__ is what json.dumps writes for a finite float; anything else (NaN, an int) goes through it.
+    ts_json = float.__repr__(ts) if type(ts) is float and ts - ts == 0.0 else json.dumps(ts)
+    seq_json = int.__repr__(r.seq) if type(r.seq) is int else json.dumps(r.seq)
+    payload = (f'{{"device_id":{_encode_str(r.device_id)},"meta":{meta_json},"quantities":{q_json},'
+               f'"sensor":{_encode_str(r.sensor)},"seq":{seq_json},"ts":{ts_json},'
+               f'"valid":{"true" if r.valid else "false"}}}').encode()
+    return q_json, meta_json, payload
+
 
 class Store:
     """The node's durable state. ``async with Store(path, signer=...) as store:``.
@@ -223,15 +247,8 @@ class Store:
         rows = []
         outbox_rows = []
         for r in readings:
-            quantities = {name: {"value": q.value, "unit": q.unit} for name, q in r.quantities.items()}
-            q_json = json.dumps(quantities, sort_keys=True)
-            meta_json = json.dumps(dict(r.meta), sort_keys=True, default=str)
+            q_json, meta_json, payload = telemetry_record(r)
             rows.append((r.device_id, r.sensor, r.ts, r.seq, int(r.valid), q_json, meta_json))
-            payload = json.dumps(
-                {"device_id": r.device_id, "sensor": r.sensor, "ts": r.ts, "seq": r.seq, "valid": r.valid,
-                 "quantities": quantities, "meta": json.loads(meta_json)},
-                sort_keys=True, separators=(",", ":"),
-            ).encode()
             record_id = f"{r.device_id}:{r.sensor}:{r.seq}:{r.ts!r}"
             outbox_rows.append(("telemetry", record_id, payload, created, len(payload)))
 
