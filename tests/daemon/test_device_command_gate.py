@@ -48,11 +48,13 @@ def _commands_named(board: SpecBoard, name: str) -> list[dict[str, Any]]:
     return [c for c in board.commands if c["payload"].get("cmd") == name]
 
 
-async def _ask(client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes) -> dict[str, Any]:
+async def _ask(client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes,
+               reply_to: str | None = None) -> dict[str, Any]:
     """Publish a command with a response topic and correlation data; the answer that echoes it."""
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     # An agent may only have the answer sent to its own inbox or the device's cmd/result; operators anywhere.
-    props.ResponseTopic = "agents-replies" if topic.endswith("/cmd") else f"{BASE}/devices/{BOARD}/cmd/result"
+    props.ResponseTopic = reply_to or (
+        "agents-replies" if topic.endswith("/cmd") else f"{BASE}/devices/{BOARD}/cmd/result")
     props.CorrelationData = correlation
     await client.publish(topic, payload, qos=1, properties=props)
     async with asyncio.timeout(20):
@@ -147,3 +149,60 @@ async def test_a_failing_gate_refuses_and_without_a_gate_the_agent_topic_is_serv
         # have reached the board before this one was answered.
         after = await _ask(client, f"{BASE}/devices/{BOARD}/cmd/agent-a", json.dumps(CMD).encode(), b"f-4")
         assert after["ok"] is True and len(_commands_named(board, "output_control")) == 2
+
+
+async def test_with_the_hub_the_gate_is_capability_trust_gate_and_policy(
+    node: tuple[RunningNode, SpecBoard], mosquitto: MosquittoProcess
+) -> None:
+    """As wired by ``app.run``: the hub's gate, exactly as for ``POST /v1/devices/{id}/commands``, audited."""
+    running, board = node
+    hub = running.node.hub
+    assert hub is not None
+
+    async def http(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with aiohttp.ClientSession(headers=running.headers) as session, \
+                session.request(method, running.url + path, json=body) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    for agent_id, kind in (("op-1", "HUMAN"), ("pipe-1", "CUSTOM_PIPELINE")):
+        status, body = await http("POST", "/v1/agents", {"id": agent_id, "type": kind, "owner": "alice"})
+        assert status == 201, body
+    cmd = f"{BASE}/devices/{BOARD}/cmd"
+    payload = json.dumps(CMD).encode()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="agents",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(f"{BASE}/agents/+/inbox", qos=1)
+        await client.subscribe(f"{cmd}/result", qos=1)
+        await wait_for(lambda: _has_readings(running), timeout=20)
+
+        # The node publishes with full rights, so an agent cannot have the answer put in another's inbox.
+        hijack = await _ask(client, f"{cmd}/op-1", payload, b"h-0", reply_to=f"{BASE}/agents/pipe-1/inbox")
+        assert (hijack["ok"], hijack["error"], hijack["status"]) == (False, "bad_response_topic", 403)
+        # A token alone is level 1; device.command needs 2 (ARCHITECTURE.md defaults).
+        low = await _ask(client, f"{cmd}/op-1", payload, b"h-1", reply_to=f"{BASE}/agents/op-1/inbox")
+        assert (low["ok"], low["error"], low["status"]) == (False, "forbidden", 403) and "trust" in low["message"]
+        no_cap = await _ask(client, f"{cmd}/pipe-1", payload, b"h-2")
+        assert (no_cap["ok"], no_cap["status"]) == (False, 403) and "DEVICE_COMMAND" in no_cap["message"]
+        ghost = await _ask(client, f"{cmd}/ghost", payload, b"h-3")
+        assert (ghost["ok"], ghost["status"]) == (False, 403)
+        assert _commands_named(board, "output_control") == []
+
+        hub.trust.grant("op-1", 2, basis="jwt")  # what a verified JWT gives
+        allowed = await _ask(client, f"{cmd}/op-1", payload, b"h-4", reply_to=f"{BASE}/agents/op-1/inbox")
+        assert allowed["ok"] is True and len(_commands_named(board, "output_control")) == 1
+
+        rule = {"id": "no-mosfets", "effect": "deny", "scope": "device", "priority": 10,
+                "conditions": [{"field": "device.cmd", "operator": "equals", "value": "output_control"}]}
+        status, body = await http("POST", "/v1/policies", rule)
+        assert status == 201, body
+        denied = await _ask(client, f"{cmd}/op-1", payload, b"h-5")
+        assert (denied["ok"], denied["status"]) == (False, 403)
+        assert len(_commands_named(board, "output_control")) == 1
+
+    status, audit = await http("GET", "/v1/audit?limit=1000")
+    assert status == 200
+    seen = [(r["kind"], r["actor"]) for r in audit["records"] if r["subject"] == "device.command"]
+    assert seen == [("permission_denied", "op-1"), ("permission_denied", "pipe-1"), ("permission_denied", "ghost"),
+                    ("policy_decision", "op-1"), ("policy_decision", "op-1")]
+    decisions = [r["data"] for r in audit["records"] if r["kind"] == "policy_decision"]
+    assert [(d["allowed"], d["rule_id"]) for d in decisions] == [(True, None), (False, "no-mosfets")]
