@@ -149,6 +149,7 @@ class Swtpm:
                     "--flags", "not-need-init,startup-clear",
                 ],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,  # Ctrl-C reaches its owner, which stops it after the TPM's last user
             )  # fmt: skip
             self._proc = proc
             if self._wait_ready(proc):

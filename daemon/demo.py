@@ -61,6 +61,7 @@ def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[st
         proc = subprocess.Popen(
             [sys.executable, "-m", "firmware_stubs", *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children after the daemon
         )
         children.callback(_stop_child, proc)
         devices.append(device)
@@ -78,6 +79,7 @@ def _start_upstream(children: ExitStack, updir: Path, raw: dict[str, Any]) -> st
         [sys.executable, "-m", "daemon", "upstream", "--listen", f"127.0.0.1:{port}", "--db",
          str(updir / "upstream.db")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(updir / "upstream.log").open("ab"),
+        start_new_session=True,
     )
     children.callback(_stop_child, proc)
     if not wait_for_port("127.0.0.1", port, 15):

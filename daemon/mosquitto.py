@@ -89,6 +89,9 @@ class MosquittoProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C then reaches only whoever started the broker (the demo, a
+            # bench), which stops it after the clients that use it instead of under them.
+            start_new_session=True,
         )
         if not wait_for_port(self.host, self.port, timeout_s):
             err = b""
