@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 log = logging.getLogger(__name__)
 
 NOWAIT_FLUSH_S = 0.01  # added latency of the live view, for batches of ~30 messages at 64 boards x 10 Hz
+NOWAIT_RETRY_SOON_S = 0.001  # a ``soon`` batch behind paho's own writes: wait for its writer, not a full period
 NOWAIT_MAX = 10_000  # messages waiting for the socket; beyond it the live view drops (counted)
 _TCP_CORK = getattr(socket, "TCP_CORK", None)  # Linux only; elsewhere a batch is written uncorked
 
@@ -181,6 +182,8 @@ class BrokerLink:
 
     def _flush_nowait(self) -> None:
         """Hand the queued live messages to paho in one corked burst (see the module docstring)."""
+        # A latency-bound (``soon``) batch that must wait for paho retries within a millisecond, not 10.
+        retry_s = NOWAIT_RETRY_SOON_S if self._flush_soon else NOWAIT_FLUSH_S
         self._flush_handle = None
         self._flush_soon = False
         queue = self._nowait
@@ -200,7 +203,7 @@ class BrokerLink:
         if paho.want_write():
             # paho is still draining (the kernel buffer was full, or an awaited publish is in flight):
             # keep the order and try again once its writer has had a turn.
-            self._flush_handle = asyncio.get_running_loop().call_later(NOWAIT_FLUSH_S, self._flush_nowait)
+            self._flush_handle = asyncio.get_running_loop().call_later(retry_s, self._flush_nowait)
             return
         register, unregister = paho.on_socket_register_write, paho.on_socket_unregister_write
         on_publish = paho.on_publish
@@ -239,7 +242,7 @@ class BrokerLink:
             if paho.want_write() and register is not None:
                 register(paho, paho.user_data_get(), sock)
         if queue and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(NOWAIT_FLUSH_S, self._flush_nowait)
+            self._flush_handle = asyncio.get_running_loop().call_later(retry_s, self._flush_nowait)
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._supervise(), name="mqtt-link")
