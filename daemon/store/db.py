@@ -243,10 +243,6 @@ class Database:
         self._reads.put(_Job(fn, future))
         return await future
 
-    async def run_on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the writer connection outside any group (for setup that needs its own BEGIN)."""
-        return await self.write(fn)
-
     # -- threads ---------------------------------------------------------------------------------
 
     def _writer_main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
