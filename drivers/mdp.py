@@ -166,11 +166,6 @@ class Frame:
             raise CrcMismatchError(f"crc 0x{got:04X}, computed 0x{want:04X}")
         return cls(msg_type, seq, ack, flags, src, dst, bytes(raw[HEADER_SIZE:-2]), rsv, version)
 
-    @classmethod
-    def with_json(cls, msg_type: int, obj: Mapping[str, Any], **fields: int) -> Frame:
-        """A frame whose payload is ``obj`` serialised as the firmware does (compact JSON)."""
-        return cls(msg_type, payload=dump_payload(obj), **fields)
-
     def json(self) -> dict[str, Any]:
         """The payload as a JSON object; raises ``PayloadError`` for anything else."""
         return parse_payload(self.payload)
