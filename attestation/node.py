@@ -332,6 +332,12 @@ class NodeAttestor:
         assert self._backend is not None, "enter the NodeAttestor first"
         return self._backend.signer_pem
 
+    @property
+    def ca_bundle(self) -> bytes | None:
+        """The EK CA bundle as read once on the TPM thread at start, for a verifier of peers built elsewhere."""
+        assert self._backend is not None, "enter the NodeAttestor first"
+        return self._backend.ca_bundle
+
     async def sign(self, data: bytes) -> bytes:
         """Sign (e.g. a MAIF block) with the TPM-resident key, or the software key without a TPM."""
         return await self._thread.call(lambda b: b.tpm.sign(data) if b.tpm is not None else _software(b).sign(data))

@@ -77,12 +77,11 @@ def remote_verifier(node: NodeAttestor, config: Config, clock: Callable[[], floa
     if node.verifier is not None:
         return node.verifier
     trust = config.trust
-    ca = Path(trust.ek_ca_bundle).read_bytes() if trust.ek_ca_bundle else None
     return Verifier(
         VerifierPolicy(
             pcr_selection=PcrSelection.parse(trust.pcr_selection),
-            ca_bundle=ca,
-            enrolled_ek_ids=frozenset(i.strip() for i in trust.enrolled_ek_ids.split(",") if i.strip()),
+            ca_bundle=node.ca_bundle,  # read by the attestor on its thread from the same ``ek_ca_bundle``
+            enrolled_ek_ids=node.config.enrolled_ek_ids,
             grant_ttl_s=trust.quote_max_age_s,
         ),
         verifier_id=config.node.id,
