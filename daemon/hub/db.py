@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from daemon.hub.errors import HubError
+from daemon.store.db import split_sql
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,18 +85,6 @@ class _Job:
 _STOP = object()
 
 
-def _split(script: str) -> list[str]:
-    out: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                out.append(buffer.strip())
-            buffer = ""
-    return out
-
-
 def migrate(conn: sqlite3.Connection) -> None:
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if current > len(MIGRATIONS):
@@ -103,7 +92,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     for version in range(current + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _split(MIGRATIONS[version - 1]):
+            for statement in split_sql(MIGRATIONS[version - 1]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")

@@ -79,7 +79,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         script = _schema_sql(version)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _split_sql(script):
+            for statement in split_sql(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")
@@ -91,7 +91,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return latest
 
 
-def _split_sql(script: str) -> list[str]:
+def split_sql(script: str) -> list[str]:
     """Statements of a schema script (``executescript`` would commit our transaction behind our back)."""
     statements: list[str] = []
     buffer = ""

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from daemon.store import Ed25519Signer, Store, keyword
-from daemon.store.db import _split_sql
+from daemon.store.db import split_sql
 from daemon.store.keyword import fts_query, fts_row_count, keyword_top, query_words
 from daemon.store.memory import Memory, MemoryFilter
 
@@ -27,7 +27,7 @@ async def test_v1_database_migrates_and_keeps_its_items(tmp_path: Path, signer: 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)
     script = resources.files("daemon.store").joinpath("schema_v1.sql").read_text(encoding="utf-8")
-    for statement in _split_sql(script):
+    for statement in split_sql(script):
         conn.execute(statement)
     conn.execute(
         "INSERT INTO memories(id, owner_type, owner_id, pool, scope, type, content, metadata, visibility, created,"
