@@ -329,9 +329,6 @@ class PortWatcher:
         """Call ``wake`` when ``port`` (a by-id link, device node, or any path to it) is added."""
         self._watched[port] = wake
 
-    def unwatch(self, port: str) -> None:
-        self._watched.pop(port, None)
-
     async def __aenter__(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="hotplug-watcher")
         return self
