@@ -195,10 +195,6 @@ class MycoBrain:
     def state(self) -> LinkState:
         return self._link.state
 
-    @property
-    def link(self) -> SerialLink:
-        return self._link
-
     def stats(self) -> Mapping[str, int]:
         out: dict[str, int] = dict(self._link.stats())
         out.update(self._stats)
