@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import re
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -185,11 +186,7 @@ def _reader_filter(who: Principal, base: MemoryFilter) -> MemoryFilter:
     """Agents see their own items and public ones; admins see everything."""
     if who.is_admin:
         return base
-    return MemoryFilter(
-        owner_type=base.owner_type, owner_id=base.owner_id, pools=base.pools, scopes=base.scopes,
-        visibility=base.visibility, types=base.types, metadata=base.metadata,
-        reader=(who.kind, who.id), reader_visibility=("public",),
-    )
+    return replace(base, reader=(who.kind, who.id), reader_visibility=("public",))
 
 
 async def _visible_item(request: web.Request, who: Principal, memory_id: str, *, for_write: bool) -> MemoryItem:
