@@ -215,7 +215,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         broker = node.broker
         # The hub and the fleet register their subscriptions before the first connect.
         if config.hub.enabled:
-            node.hub = _build_hub(node, store)
+            node.hub = await _build_hub(node, store)
         await stack.enter_async_context(broker)
         node.status_parts.append(lambda: f"mqtt {broker.state}")
 
@@ -228,7 +228,7 @@ async def _start(node: Node, stack: AsyncExitStack) -> None:
         broker.on_state(follow)
 
     if config.hub.enabled and node.hub is None:
-        node.hub = _build_hub(node, store)
+        node.hub = await _build_hub(node, store)
     if node.hub is not None:
         hub = await stack.enter_async_context(node.hub)
         node.status_parts.append(
@@ -373,7 +373,7 @@ def _mqtt_device_gate(hub: Hub) -> MqttCommandGate:
     return gate
 
 
-def _build_hub(node: Node, store: Store) -> Hub:
+async def _build_hub(node: Node, store: Store) -> Hub:
     """The agent hub from ``[hub]``; broker credentials are managed only when both files are configured."""
     cfg = node.config.hub
     files: MosquittoFiles | None = None
@@ -386,7 +386,7 @@ def _build_hub(node: Node, store: Store) -> Hub:
             service_users={node.config.mqtt.username: node.config.mqtt.password} if node.config.mqtt.username else {},
             enrolment_password=tokens[0] if tokens else None,
         )
-    jwks = json.loads(Path(cfg.jwks_path).read_text()) if cfg.jwks_path else None
+    jwks = json.loads(await asyncio.to_thread(Path(cfg.jwks_path).read_text)) if cfg.jwks_path else None
     return Hub(
         store=store,
         broker=node.broker,
