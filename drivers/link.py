@@ -25,7 +25,6 @@ import logging
 import os
 import random as _random
 import termios
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, Self
@@ -79,7 +78,6 @@ class SerialLink:
         baudrate: int = 115200,
         backoff: Backoff | None = None,
         random: Callable[[], float] = _random.random,
-        clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[SerialLink], None] | None = None,
         read_only: bool = False,
         name: str | None = None,
@@ -90,7 +88,6 @@ class SerialLink:
         self._baudrate = baudrate
         self._backoff = backoff or Backoff()
         self._random = random
-        self._clock = clock
         self._on_state = on_state
         self._read_only = read_only
         self._state = LinkState.CLOSED
@@ -104,7 +101,6 @@ class SerialLink:
         self._wbuf = bytearray()
         self._writer_on = False
         self.last_delay: float | None = None
-        self.connected_at: float | None = None
         self.last_error: str | None = None
         self._stats = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0,
                        "protocol_errors": 0}
@@ -245,7 +241,6 @@ class SerialLink:
         self._wbuf.clear()
         self._lost = loop.create_future()
         self._stats["opens"] += 1
-        self.connected_at = self._clock()
         loop.add_reader(fd, self._on_readable)
 
     def _on_readable(self) -> None:
