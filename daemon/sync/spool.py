@@ -201,12 +201,9 @@ def plan(policy: SpoolPolicy, stats: Mapping[str, OutboxStatsLike], now: float) 
             before = levels[name].bytes
             take(name, min(excess, before), DropReason.SPOOL_CAP)
             excess -= before - levels[name].bytes
-    return _merge(drops)
-
-
-def _merge(drops: list[Drop]) -> list[Drop]:
-    """Two count drops of one stream for different reasons stay apart so each reason is counted."""
-    return [d for d in drops if d.count > 0 or d.created_before is not None]
+    # Two count drops of one stream for different reasons stay apart so each reason is counted; ``take``
+    # never plans fewer than one record, so there is no empty drop to filter out.
+    return drops
 
 
 @dataclass(frozen=True, slots=True)
