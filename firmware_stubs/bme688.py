@@ -136,7 +136,9 @@ class Bme688BridgeStub:
         boot_hello: bool = True,
         seed: int = 0,
     ) -> None:
-        self.port = PtyPort(path, on_data=self._on_host_data)
+        # The seed drives the port's line noise (``BridgeFaults.garbage``), the stub's only randomness.
+        self.port = PtyPort(path, on_data=self._on_host_data,
+                            rng=random.Random(seed))  # noqa: S311 - simulated faults, not cryptography
         self.calibration = calibration
         self.variant_id = variant_id
         self.serial = serial
@@ -150,7 +152,6 @@ class Bme688BridgeStub:
         self.time_scale = time_scale
         self.commands: list[str] = []
         self._boot_hello = boot_hello
-        self._rng = random.Random(seed)  # noqa: S311 - simulated faults, not cryptography
         self._splitter = LineSplitter()
         self._meas_index = 0
         self._step = 0
