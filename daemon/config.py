@@ -12,7 +12,6 @@ import ipaddress
 import os
 import socket
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -508,23 +507,3 @@ def to_mapping(config: Config, *, redact: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {name: section(getattr(config, name)) for name in SECTIONS}
     result["devices"] = [section(d) for d in config.devices]
     return result
-
-
-def schema_fields() -> list[tuple[str, str, Any, str]]:
-    """Every key as ``(key, type name, default, doc)``: the source of docs/configuration.md."""
-    rows: list[tuple[str, str, Any, str]] = []
-    for name, cls in [*SECTIONS.items(), *(("devices[]", c) for c in LIST_SECTIONS.values())]:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default: Any = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = "(host name)" if f.name == "id" else f.default_factory()
-            else:  # pragma: no cover
-                default = None
-            hint = hints[f.name]
-            type_name = hint.__name__ if isinstance(hint, type) else str(hint)
-            if isinstance(hint, types.UnionType):  # pragma: no cover - not used yet
-                type_name = str(hint)
-            rows.append((f"{name}.{f.name}", type_name, default, f.metadata.get("doc", "")))
-    return rows
