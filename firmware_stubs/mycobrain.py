@@ -455,7 +455,7 @@ class SideB(_Firmware):
     src = mdp.Endpoint.SIDE_B
     line_ends = b"\n"
 
-    def __init__(self, send: Send, *, side_a: SideA | None = None, seed: int = 0,
+    def __init__(self, send: Send, *, side_a: SideA | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  heartbeat_s: float = SIDE_B_HEARTBEAT_S) -> None:
         super().__init__(send, clock=clock)
@@ -463,7 +463,6 @@ class SideB(_Firmware):
         self.heartbeat_s = heartbeat_s
         self.lora_ready = self.ble_ready = self.wifi_ready = self.sim_ready = False
         self.queued = 0
-        self._rng = random.Random(seed)  # noqa: S311 - unused for security
         self.boot()
 
     def boot(self) -> None:
@@ -576,7 +575,7 @@ class MycoBrainStub:
                            boot_delay_s=boot_delay_s, boot_hello=boot_hello)
             if side == "b":
                 side_a.frame_hook = self._fault_hook
-                self.board = SideB(self.port.write, side_a=side_a if side_a_behind else None, seed=seed,
+                self.board = SideB(self.port.write, side_a=side_a if side_a_behind else None,
                                    clock=clock, heartbeat_s=heartbeat_s)
             else:
                 self.board = side_a
