@@ -14,22 +14,14 @@ written once, and acknowledging or dropping only moves the cursor: blocks are ne
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daemon.store.blocklog import content_hash
 from daemon.store.errors import InvalidInputError
-
-
-def maif_content_hash(payload: bytes, metadata_json: bytes) -> bytes:
-    """The MAIF reference's content hash (SHA-256 of the payload, folded with non-empty metadata JSON)."""
-    digest = hashlib.sha256(payload).digest()
-    if metadata_json != b"{}":
-        digest = hashlib.sha256(digest + metadata_json).digest()
-    return digest
 
 if TYPE_CHECKING:
     from daemon.store.db import Database
@@ -94,7 +86,6 @@ def block_record_payload(  # noqa: PLR0917 - mirrors the fields of a fixed recor
     chain_hash: bytes,
 ) -> bytes:
     """The JSON form of a block sent upstream (metadata is embedded verbatim: it is canonical JSON)."""
-    content_hash = maif_content_hash(payload, metadata)
     return _BLOCK_TEMPLATE % (
         seq,
         block_id.hex().encode(),
@@ -102,7 +93,7 @@ def block_record_payload(  # noqa: PLR0917 - mirrors the fields of a fixed recor
         flags,
         ts_us,
         prev_hash.hex().encode(),
-        content_hash.hex().encode(),
+        content_hash(payload, metadata).hex().encode(),
         chain_hash.hex().encode(),
         metadata,
         base64.b64encode(payload),
