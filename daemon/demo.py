@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon import app, logs
 from daemon import config as config_mod
-from daemon.mosquitto import BrokerProcessError, MosquittoProcess, free_port, wait_for_port
+from daemon.mosquitto import BrokerProcessError, MosquittoProcess, free_port, stop_child, wait_for_port
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _start_boards(children: ExitStack, devdir: Path, count: int) -> list[dict[st
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children after the daemon
         )
-        children.callback(_stop_child, proc)
+        children.callback(stop_child, proc)
         devices.append(device)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not all(Path(d["port"]).exists() for d in devices):
@@ -81,7 +81,7 @@ def _start_upstream(children: ExitStack, updir: Path, raw: dict[str, Any]) -> st
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(updir / "upstream.log").open("ab"),
         start_new_session=True,
     )
-    children.callback(_stop_child, proc)
+    children.callback(stop_child, proc)
     if not wait_for_port("127.0.0.1", port, 15):
         return "off (the reference upstream did not start; see upstream.log)"
     raw["sync"] = {"url": f"http://127.0.0.1:{port}", "interval_s": 10.0}
@@ -104,15 +104,6 @@ def _start_swtpm(children: ExitStack, tpmdir: Path, raw: dict[str, Any]) -> str:
     children.callback(tpm.stop)
     raw["trust"] = {"tcti": tpm.tcti, "ek_ca_bundle": str(tpm.ca_bundle)}
     return f"swtpm {tpm.tcti} (EK certificates from {tpm.ca_bundle})"
-
-
-def _stop_child(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(args: argparse.Namespace) -> int:

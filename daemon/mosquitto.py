@@ -39,6 +39,21 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
+def stop_child(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Stop a direct child by PID and reap it; one that ignores SIGTERM for 5 s is killed."""
+    if proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class MosquittoProcess:
     """``with MosquittoProcess(dir) as broker:`` starts it; leaving stops it. ``restart()`` keeps the port."""
 
@@ -104,16 +119,7 @@ class MosquittoProcess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            if kill:
-                proc.kill()
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc, kill=kill)
         if proc.stderr is not None:
             proc.stderr.close()
 
