@@ -28,6 +28,7 @@ from drivers.errors import CodecError, CommandRejectedError, DeviceTimeoutError,
 from drivers.link import Backoff, SerialLink
 from drivers.model import Quantity, Reading
 from drivers.nmea import LineError, LineSplitter, decode_line, encode_line
+from drivers.quietlog import QuietLog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Bme688Bridge:
         self._seq = 0
         self._last_raw: dict[int, bytes] = {}
         self._last: Reading | None = None
-        self._warned: set[str] = set()
+        self._quiet = QuietLog(_LOGGER)
         self._stats: dict[str, int] = {
             "lines": 0, "fields": 0, "readings": 0, "invalid_readings": 0, "no_new_data": 0,
             "duplicates": 0, "checksum_errors": 0, "format_errors": 0, "length_errors": 0,
@@ -320,18 +321,13 @@ class Bme688Bridge:
             if raw.strip():
                 self._on_line(raw)
 
-    def _problem(self, kind: str, msg: str, *args: object) -> None:
-        level = logging.DEBUG if kind in self._warned else logging.WARNING
-        self._warned.add(kind)
-        _LOGGER.log(level, msg, *args)
-
     def _on_line(self, raw: bytes) -> None:
         self._stats["lines"] += 1
         try:
             body = decode_line(raw)
         except LineError as exc:
             self._stats[f"{exc.kind}_errors"] += 1
-            self._problem(exc.kind, "%s: bad line: %s", self.port, exc)
+            self._quiet.problem(exc.kind, "%s: bad line: %s", self.port, exc)
             return
         word = body.split(" ", 1)[0]
         try:
@@ -356,7 +352,7 @@ class Bme688Bridge:
                 raise BridgeLineError(f"unknown message {word!r}")
         except CodecError as exc:
             self._stats["message_errors"] += 1
-            self._problem("message", "%s: bad message: %s", self.port, exc)
+            self._quiet.problem("message", "%s: bad message: %s", self.port, exc)
 
     def _on_reboot(self) -> None:
         """An unasked HELLO: the bridge restarted in sleep mode and forgot its configuration; set it again."""

@@ -36,6 +36,7 @@ from drivers.errors import CodecError, DeviceTimeoutError, LinkError, NotReadyEr
 from drivers.link import Backoff, SerialLink
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings, time_on_air_s
 from drivers.nmea import LineSplitter
+from drivers.quietlog import QuietLog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class LoraGateway:
         self.radio_ok: bool | None = None
         self.radio_error: int | None = None
         self._last_seq: dict[int, int] = {}
-        self._warned: set[str] = set()
+        self._quiet = QuietLog(_LOGGER)
         self._stats: dict[str, int] = {
             "lines": 0, "frames": 0, "frames_lost": 0, "sent": 0, "line_errors": 0, "json_parse_errors": 0,
             "timeouts": 0, "duty_cycle_refusals": 0, "probes": 0, "stalls": 0,
@@ -329,9 +330,7 @@ class LoraGateway:
             line = parse_line(raw)
         except GatewayLineError as exc:
             self._stats["line_errors"] += 1
-            level = logging.DEBUG if "line" in self._warned else logging.WARNING
-            self._warned.add("line")
-            _LOGGER.log(level, "%s: bad gateway line: %s", self.port, exc)
+            self._quiet.problem("line", "%s: bad gateway line: %s", self.port, exc)
             return
         match line:
             case LoraInit(ok=ok, err=err):

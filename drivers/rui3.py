@@ -31,6 +31,7 @@ from drivers.link import Backoff, SerialLink
 from drivers.lora_airtime import DutyCycleBudget, LoRaSettings, time_on_air_s
 from drivers.model import Quantity, Reading
 from drivers.nmea import LineSplitter
+from drivers.quietlog import QuietLog
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -210,19 +211,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-class _QuietLog:
-    """First untrusted-input problem of each kind at WARNING, repeats at DEBUG (python-zeroconf style)."""
-
-    def __init__(self, logger: logging.Logger) -> None:
-        self._logger = logger
-        self._seen: set[str] = set()
-
-    def problem(self, kind: str, msg: str, *args: object) -> None:
-        level = logging.DEBUG if kind in self._seen else logging.WARNING
-        self._seen.add(kind)
-        self._logger.log(level, msg, *args)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The device
 
@@ -277,7 +265,7 @@ class Rui3Modem:
         self._last_hello_ask: dict[int, float] = {}
         self._tx_seq = 1
         self._last_rx: dict[str, object] = {}
-        self._quiet = _QuietLog(_LOGGER)
+        self._quiet = QuietLog(_LOGGER)
         self._stats: dict[str, int] = {
             "lines": 0, "rx_packets": 0, "tx_packets": 0, "at_errors": 0, "timeouts": 0,
             "line_errors": 0, "modem_resets": 0, "inits": 0, "duty_cycle_refusals": 0,
