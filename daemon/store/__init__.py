@@ -24,7 +24,7 @@ from daemon.store.embedders import Embedder
 from daemon.store.errors import StoreClosedError, StoreError
 from daemon.store.maif_io import ExportResult, ImportResult, export, import_file, verify, verify_maif_file
 from daemon.store.memory import Memory, MemoryFilter, MemoryItem, SearchHit
-from daemon.store.outbox import Outbox, OutboxRecord, OutboxStats
+from daemon.store.outbox import OUTBOX_INSERT, Outbox, OutboxRecord, OutboxStats
 from daemon.store.signing import Ed25519Signer, PayloadCipher, Signer, load_encryption_key
 
 if TYPE_CHECKING:
@@ -258,9 +258,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.executemany(
-                "INSERT INTO outbox(stream, record_id, payload, created, nbytes) VALUES (?, ?, ?, ?, ?)", outbox_rows
-            )
+            conn.executemany(OUTBOX_INSERT, outbox_rows)
 
         await self.db.write(run)
 

@@ -54,6 +54,10 @@ def check_stream(stream: str) -> None:
         raise InvalidInputError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
 
 
+# One outbox row: ``nbytes`` is ``len(payload)``, kept so the spool's stats never read the payloads.
+OUTBOX_INSERT = "INSERT INTO outbox(stream, record_id, payload, created, nbytes) VALUES (?, ?, ?, ?, ?)"
+
+
 def enqueue(
     conn: sqlite3.Connection,
     stream: str,
@@ -62,10 +66,7 @@ def enqueue(
     created: float,
 ) -> None:
     """Add one record inside the caller's transaction (writer thread only)."""
-    conn.execute(
-        "INSERT INTO outbox(stream, record_id, payload, created, nbytes) VALUES (?, ?, ?, ?, ?)",
-        (stream, record_id, payload, created, len(payload)),
-    )
+    conn.execute(OUTBOX_INSERT, (stream, record_id, payload, created, len(payload)))
 
 
 _BLOCK_TEMPLATE = (
@@ -179,10 +180,7 @@ class Outbox:
         created = self._clock()
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO outbox(stream, record_id, payload, created, nbytes) VALUES (?, ?, ?, ?, ?)",
-                [(stream, rid, payload, created, len(payload)) for rid, payload in rows],
-            )
+            conn.executemany(OUTBOX_INSERT, [(stream, rid, payload, created, len(payload)) for rid, payload in rows])
 
         await self._db.write(run)
 
