@@ -165,7 +165,7 @@ def encode_command(command: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# MDP telemetry -> readings (shared with the gateway path)
+# MDP telemetry -> readings
 
 _BME_UNITS = {
     "temperature_c": "°C",
@@ -524,9 +524,8 @@ class Rui3Modem:
     def _on_packet(self, pkt: RxPacket) -> None:
         self._stats["rx_packets"] += 1
         self._last_rx = {"rssi_dbm": pkt.rssi_dbm, "snr_db": pkt.snr_db, "bytes": len(pkt.payload)}
-        encoded = pkt.payload[:-1] if pkt.payload.endswith(b"\x00") else pkt.payload
         try:
-            frame = mdp.decode(encoded)
+            frame = mdp.decode(pkt.payload)  # accepts the frame's trailing 0x00 delimiter, if sent
         except mdp.MdpError as exc:
             kind = exc.kind
             self._stats[f"mdp_{kind}"] = self._stats.get(f"mdp_{kind}", 0) + 1
