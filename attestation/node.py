@@ -260,11 +260,8 @@ class NodeAttestor:
         if self._stale_connection:
             await self._reconnect()
         try:
-            identity = await self._thread.call(lambda b: self._tpm(b).identity())
-            challenge = self.verifier.issue_challenge(self.config.node_id, identity)
-            evidence = await self._thread.call(
-                lambda b: answer_challenge(self._tpm(b), challenge, event_log=b.read_event_log())
-            )
+            challenge = self.verifier.issue_challenge(self.config.node_id, await self.identity())
+            evidence = await self.respond(challenge)
             self._grant = self.verifier.verify(self.config.node_id, evidence)
         except AttestationError as exc:
             self._failures += 1
@@ -397,7 +394,7 @@ class NodeAttestor:
             return out
         assert self._backend is not None
         ca_bundle = self._backend.ca_bundle
-        identity = await self._thread.call(lambda b: self._tpm(b).identity())
+        identity = await self.identity()
         ek = read_public(identity.ek_public, "EK public")
         ak = read_public(identity.ak_public, "AK public")
         chain: list[dict[str, Any]] = []
