@@ -355,13 +355,9 @@ class LoraGateway:
         if last is not None and f.seq > last + 1:
             self._stats["frames_lost"] += f.seq - last - 1
         self._last_seq[f.src] = f.seq
-        try:
-            type_name = mdp.MsgType(f.type).name
-        except ValueError:
-            type_name = f"0x{f.type:02X}"
         self._event(
             "lora_frame",
-            {"t_ms": f.t_ms, "src": f.src, "dst": f.dst, "seq": f.seq, "ack": f.ack, "type": type_name,
+            {"t_ms": f.t_ms, "src": f.src, "dst": f.dst, "seq": f.seq, "ack": f.ack, "type": mdp.msg_type_name(f.type),
              "flags": f.flags},
         )  # fmt: skip
 

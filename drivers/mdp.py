@@ -172,10 +172,15 @@ class Frame:
 
     @property
     def type_name(self) -> str:
-        try:
-            return MsgType(self.msg_type).name
-        except ValueError:
-            return f"0x{self.msg_type:02X}"
+        return msg_type_name(self.msg_type)
+
+
+def msg_type_name(msg_type: int) -> str:
+    """The ``MsgType`` name, or ``0xNN`` for a type this host does not know (newer firmware)."""
+    try:
+        return MsgType(msg_type).name
+    except ValueError:
+        return f"0x{msg_type:02X}"
 
 
 def parse_payload(payload: bytes) -> dict[str, Any]:
