@@ -92,7 +92,7 @@ class LoraGatewayStub:
     # --- over the air -----------------------------------------------------------------------------
     def _on_packet(self, data: bytes, _quality: LinkQuality) -> None:
         try:
-            frame = mdp.decode(data[:-1] if data.endswith(b"\x00") else data)
+            frame = mdp.decode(data)  # accepts the trailing 0x00 delimiter
         except mdp.MdpError:
             return  # mdp_decode_frame returned 0: the firmware drops it silently
         if frame.seq == self.last_inorder_b + 1:
