@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from attestation.tpm import Tpm
 
 _log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 TPM_SIGNATURE_ALGORITHM = "ecdsa-p256-sha256"
 
@@ -312,10 +311,6 @@ class NodeAttestor:
         if backend.tpm is None:
             raise TpmUnavailableError("no TPM")
         return backend.tpm
-
-    async def run_tpm(self, fn: Callable[[Tpm], T]) -> T:
-        """Run a blocking ``fn(tpm)`` in the TPM thread (pcr_extend, ak_sign, ...); TpmUnavailableError without."""
-        return await self._thread.call(lambda b: fn(self._tpm(b)))
 
     # --- keys: MAIF signing and payload sealing ---------------------------------------------------------
 
