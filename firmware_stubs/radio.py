@@ -207,7 +207,7 @@ class RemoteMycoBrain:
 
     def _on_packet(self, data: bytes, _quality: LinkQuality) -> None:
         try:
-            frame = mdp.decode(data[:-1] if data.endswith(b"\x00") else data)
+            frame = mdp.decode(data)  # accepts the trailing 0x00 delimiter
         except mdp.MdpError:
             return
         if frame.dst not in (self.src, mdp.Endpoint.SIDE_B):
