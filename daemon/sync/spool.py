@@ -196,8 +196,8 @@ def plan(policy: SpoolPolicy, stats: Mapping[str, OutboxStatsLike], now: float) 
         for name in sheddable:
             if excess <= 0:
                 break
-            if levels[name].count == 0:
-                continue
+            if levels[name].bytes == 0:
+                continue  # nothing left, or only empty records: shedding them frees no bytes
             before = levels[name].bytes
             take(name, min(excess, before), DropReason.SPOOL_CAP)
             excess -= before - levels[name].bytes

@@ -212,3 +212,13 @@ def test_flat_config_overrides_apply_to_sheddable_streams_only() -> None:
         assert "never dropped" in str(exc)
     else:
         raise AssertionError("an age limit on audit was accepted")
+
+
+def test_a_sheddable_stream_of_empty_records_is_not_shed_for_bytes_it_does_not_hold() -> None:
+    """Empty payloads free nothing: the byte planner passes over them (it divided by their zero mean)."""
+    policy = SpoolPolicy(max_bytes=1000, streams={"telemetry": StreamPolicy(Retention.SHED, shed_rank=0),
+                                                  "events": StreamPolicy(Retention.SHED, shed_rank=1),
+                                                  "maif": StreamPolicy(Retention.KEEP)})
+    stats = {"telemetry": _Stats(5, 0, 0.0), "events": _Stats(4, 4000, 0.0), "maif": _Stats(1, 500, 0.0)}
+    drops = plan(policy, stats, now=0.0)
+    assert [(d.stream, d.reason) for d in drops] == [("events", DropReason.SPOOL_CAP)]
