@@ -4,7 +4,6 @@ read-only; a re-plugged board is reopened at once and keeps its device_id."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from drivers.device import LinkState
 from drivers.hotplug import (
@@ -24,13 +23,7 @@ from drivers.link import Backoff
 from drivers.mycobrain import IdentityRegistry, MycoBrain
 from firmware_stubs.mycobrain import MycoBrainStub
 from tests.drivers.test_mycobrain import Listener
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state owned by the code under test
-            await asyncio.sleep(0.01)
-
+from tests.recording import wait_for as until
 
 UDEV_PROPS = {  # as 60-serial.rules and usb_id set them for an ESP32-S3 on its native USB port
     "ID_BUS": "usb",

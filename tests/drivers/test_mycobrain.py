@@ -8,42 +8,22 @@ import os
 import struct
 import time
 import tty
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from drivers.device import Device, DeviceEvent, LinkState
+from drivers.device import Device, LinkState
 from drivers.errors import CodecError, DeviceTimeoutError, NotReadyError
 from drivers.link import Backoff
-from drivers.model import Reading
 from drivers.mycobrain import IdentityRegistry, MycoBrain
 from firmware_stubs.mycobrain import FaultPlan, MycoBrainStub
+from tests.recording import Recorder
+from tests.recording import wait_for as until
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.events: list[DeviceEvent] = []
-        self.states: list[LinkState] = []
-
-    def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
-
-    def on_event(self, event: DeviceEvent) -> None:
-        self.events.append(event)
-
-    def on_state(self, device: Device) -> None:
-        self.states.append(device.state)
-
+class Listener(Recorder):
     def names(self) -> list[str]:
         return [e.name for e in self.events]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state owned by the code under test
-            await asyncio.sleep(0.01)
 
 
 FAST = Backoff(base_s=0.05, cap_s=0.2)

@@ -7,17 +7,11 @@ import contextlib
 import os
 import sys
 import tty
-from collections.abc import Callable
 from typing import Any
 
 from drivers import cobs, mdp
 from firmware_stubs.mycobrain import FaultPlan, MycoBrainStub, device_id_from_mac
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # noqa: ASYNC110 - polling state owned by the code under test
-            await asyncio.sleep(0.01)
+from tests.recording import wait_for as until
 
 
 class RawHost:
