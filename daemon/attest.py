@@ -98,8 +98,7 @@ class TrustCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for name, value in self._node.metrics().items():
-            family = GaugeMetricFamily(name.removesuffix("_total") if name.endswith("_total") else name,
-                                       f"node attestation: {name}")
+            family = GaugeMetricFamily(name.removesuffix("_total"), f"node attestation: {name}")
             family.add_metric([], value)
             yield family
         refusals = GaugeMetricFamily("mycoedge_attestation_remote",
