@@ -17,7 +17,6 @@ import importlib
 import os
 import signal
 import sys
-import time
 
 from firmware_stubs.mycobrain import BOOT_DELAY_S, DEFAULT_RATE_HZ, FaultPlan, MycoBrainStub
 
@@ -75,11 +74,9 @@ async def _run_mycobrain(args: argparse.Namespace) -> None:
             await stack.enter_async_context(stub)
             print(stub.path)
         sys.stdout.flush()
-        started = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.duration or None):
                 await stop.wait()
-        _ = started
 
 
 # Other stubs own their command lines; ``python -m firmware_stubs NAME ...`` hands the rest to them.
