@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -137,6 +138,7 @@ class MessageRouter:
         self._clock = clock
         self._pending: dict[str, _Pending] = {}
         self._arrivals: dict[str, asyncio.Event] = {}
+        self._flushing: dict[str, asyncio.Lock] = {}
         self.delivered = 0
         self.queued = 0
         self.dead_lettered = 0
@@ -240,11 +242,9 @@ class MessageRouter:
         now = self._clock()
 
         def run(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT seq, envelope FROM message_queue WHERE target = ? AND expires > ? ORDER BY seq LIMIT ?",
-                (target, now, limit)).fetchall()
+            rows = _queued(conn, target, now, limit)
             if rows:
-                conn.execute("DELETE FROM message_queue WHERE target = ? AND seq <= ?", (target, rows[-1][0]))
+                _unqueue(conn, target, rows[-1][0])
             return [str(r[1]) for r in rows]
 
         return [from_mapping(json.loads(text)) for text in await self._db.write(run)]
@@ -261,21 +261,31 @@ class MessageRouter:
             self._arrivals.pop(target, None)
 
     async def flush(self, target: str) -> int:
-        """Publish every queued message of a (re)connected agent to its inbox, in order."""
+        """Publish every queued message of a (re)connected agent to its inbox, in order.
+
+        A message leaves the queue only once the broker has it: a crash or a lost broker mid-flush keeps
+        the rest where it was, with its own TTL and place. One flush per agent at a time, so none is sent
+        twice.
+        """
         if self._publish is None:
             return 0
+        lock = self._flushing.setdefault(target, asyncio.Lock())
         sent = 0
-        while self._registry.mqtt_online(target):
-            batch = await self.take(target, limit=200)
-            for i, envelope in enumerate(batch):
-                if not await self._publish(self.inbox_topic(target), encode(envelope), 1):
-                    for rest in batch[i:]:  # broker gone mid-flush: keep the rest for the next connect
-                        await self._enqueue(target, rest)
-                    return sent
-                sent += 1
-                self.delivered += 1
-            if len(batch) < 200:
-                break
+        async with lock:
+            while self._registry.mqtt_online(target):
+                await self.expire()
+                rows = await self._db.read(functools.partial(_queued, target=target, now=self._clock(), limit=200))
+                published_upto: int | None = None
+                for seq, text in rows:
+                    if not await self._publish(self.inbox_topic(target), str(text).encode(), 1):
+                        break  # broker gone mid-flush: the rest waits for the next connect
+                    published_upto = int(seq)
+                    sent += 1
+                    self.delivered += 1
+                if published_upto is not None:
+                    await self._db.write(functools.partial(_unqueue, target=target, upto_seq=published_upto))
+                if published_upto is None or len(rows) < 200 or int(rows[-1][0]) != published_upto:
+                    break
         return sent
 
     async def pending_count(self, target: str | None = None) -> int:
@@ -329,3 +339,14 @@ def envelope_from_post(body: Mapping[str, Any], sender: str, now: float) -> Enve
     data["from"] = sender
     data.setdefault("ts", now)
     return from_mapping(data)
+
+
+def _queued(conn: sqlite3.Connection, target: str, now: float, limit: int) -> list[tuple[int, str]]:
+    """The oldest ``limit`` unexpired queued messages of ``target``: (seq, envelope JSON)."""
+    return conn.execute(
+        "SELECT seq, envelope FROM message_queue WHERE target = ? AND expires > ? ORDER BY seq LIMIT ?",
+        (target, now, limit)).fetchall()
+
+
+def _unqueue(conn: sqlite3.Connection, target: str, upto_seq: int) -> None:
+    conn.execute("DELETE FROM message_queue WHERE target = ? AND seq <= ?", (target, upto_seq))

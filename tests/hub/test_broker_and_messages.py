@@ -250,3 +250,39 @@ async def test_mqtt_sender_over_its_rate_gets_an_ack_with_the_refusal(node: HubN
     assert ack["type"] == "ACK" and ack["correlation_id"] == "r1"
     assert ack["body"]["error"] == "rate-limited" and ack["body"]["retry_after_s"] > 0
     assert await node.hub.router.pending_count("agent-b") == 1
+
+
+async def test_a_flush_cut_short_keeps_the_rest_in_place_with_its_own_ttl(node: HubNode) -> None:
+    """A queued message leaves the queue only once the broker has it: the rest keeps its order and expiry."""
+    a = await node.register("agent-a")
+    await node.register("agent-b")
+    for i in range(5):
+        status, _, _ = await node.call("POST", "/v1/messages", token=a["credentials"]["api_token"],
+                                       json={"to": "agent-b", "type": "EVENT", "ttl_s": 600, "body": {"n": i}})
+        assert status == 202
+
+    async def expiries() -> list[tuple[int, float]]:
+        return await node.hub.db.write(lambda c: c.execute(
+            "SELECT seq, expires FROM message_queue WHERE target = 'agent-b' ORDER BY seq").fetchall())
+
+    before = await expiries()
+
+    router = node.hub.router
+    real = router._publish
+    assert real is not None
+    published: list[bytes] = []
+
+    async def broker_lost_after_two(topic: str, payload: bytes, qos: int) -> bool:
+        if len(published) >= 2:
+            return False  # what BrokerLink.publish answers once the broker is gone
+        published.append(payload)
+        return await real(topic, payload, qos)
+
+    router._publish = broker_lost_after_two
+    node.clock.advance(30)  # a later flush must not give the rest a fresh TTL
+    node.hub.registry.set_mqtt_online("agent-b", True)  # the hub starts a flush itself, as on a reconnect
+    await router.flush("agent-b")  # waits for that one, then finds the broker still gone
+    assert [json.loads(p)["body"]["n"] for p in published] == [0, 1]
+    assert await router.pending_count("agent-b") == 3
+    assert await expiries() == before[2:]  # same rows: same seq (place) and same expiry
+    assert [e.body["n"] for e in await router.take("agent-b")] == [2, 3, 4]
