@@ -6,6 +6,12 @@ each write still runs in its own SAVEPOINT, so one failing write never takes its
 A write's future resolves only after ``COMMIT`` has returned with ``synchronous=FULL`` (the WAL is
 fsynced on commit, https://www.sqlite.org/pragma.html#pragma_synchronous), i.e. only once it is durable.
 Reads run on a second thread with its own connection, so a long search never delays a commit.
+
+Copying the WAL back into the database (a checkpoint) runs on a third thread with its own connection:
+SQLite's automatic checkpoint would run inside the COMMIT that crosses 1,000 WAL pages, so every few
+thousand writes one commit would also copy 4 MB and fsync the database file while the writes behind it
+wait. The writer only checkpoints itself if the WAL grows past ``WAL_WRITER_CHECKPOINT_FRAMES``
+(the background thread cannot keep up, or was stopped), which bounds the WAL as SQLite's own would.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,6 +41,13 @@ IntegrityMode = Literal["full", "quick", "off"]
 # Largest number of queued writes taken into one transaction: bounds the latency a single commit adds
 # to the writes behind it while still amortising the fsync over many writes.
 DEFAULT_MAX_GROUP = 2048
+
+# How often, at most, the background thread checkpoints while writes keep coming: it coalesces the
+# commits of this interval into one copy and one database fsync.
+CHECKPOINT_INTERVAL_S = 0.25
+# WAL size (4 KiB frames, ~32 MB) past which the writer checkpoints after its own COMMIT, as SQLite's
+# automatic checkpoint does at 1,000 frames.
+WAL_WRITER_CHECKPOINT_FRAMES = 8192
 
 
 def latest_schema_version() -> int:
@@ -137,6 +151,74 @@ class _Hooks:
 _STOP = object()
 
 
+class _WalCheckpointer:
+    """A thread that copies committed WAL frames into the database, off the writer's path.
+
+    The writer ``poke``s it after each COMMIT; it then waits ``interval`` (so a burst of commits costs
+    one checkpoint) and runs ``PRAGMA wal_checkpoint(PASSIVE)``, which never blocks the writer or the
+    readers and copies only frames no open read transaction still needs. ``wal_frames`` is the WAL
+    length it last saw, and ``stalled`` tells the writer a poke has gone unanswered for too long
+    (the thread could not open the database, or is stuck in I/O): either makes the writer checkpoint.
+    """
+
+    def __init__(self, path: Path, interval: float, stall_s: float) -> None:
+        self._path = path
+        self._interval = interval
+        self._stall_s = stall_s
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending_since: float | None = None
+        self.wal_frames = 0
+        self.checkpoints = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"store-checkpoint:{self._path.name}", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
+        self._wake.set()
+
+    def stalled(self) -> bool:
+        since = self._pending_since
+        return since is not None and time.monotonic() - since > self._stall_s
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _main(self) -> None:
+        try:
+            conn = open_connection(self._path)
+        except StoreError as exc:
+            log.warning("store checkpoint thread cannot open the database; the writer checkpoints instead",
+                        extra={"error": str(exc)})
+            return
+        try:
+            while not self._stopping.is_set():
+                self._wake.wait()
+                if self._stopping.wait(self._interval):
+                    return
+                self._wake.clear()
+                self._pending_since = None
+                try:
+                    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    self.errors += 1
+                    log.warning("store checkpoint failed", extra={"error": str(exc)})
+                    continue
+                self.wal_frames = max(0, int(frames))
+                self.checkpoints += 1
+        finally:
+            conn.close()
+
+
 class Database:
     """One SQLite file: a writer thread with group commit and a reader thread, both off the event loop."""
 
@@ -146,6 +228,9 @@ class Database:
         *,
         integrity: IntegrityMode = "full",
         max_group: int = DEFAULT_MAX_GROUP,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL_S,
+        wal_limit_frames: int = WAL_WRITER_CHECKPOINT_FRAMES,
+        checkpoint_stall_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self._integrity: IntegrityMode = integrity
@@ -155,9 +240,12 @@ class Database:
         self._writer: threading.Thread | None = None
         self._reader: threading.Thread | None = None
         self._hooks = _Hooks()
+        self._wal = _WalCheckpointer(self.path, checkpoint_interval, checkpoint_stall_s)
+        self._wal_limit = wal_limit_frames
         self._open = False
         self.commits = 0
         self.grouped_writes = 0
+        self.writer_checkpoints = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -188,12 +276,15 @@ class Database:
             self._reader = None
             await self.close()
             raise
+        self._wal.start()
         self._open = True
 
     async def close(self) -> None:
         """Finish queued writes, then stop both threads and close their connections."""
         self._open = False
         loop = asyncio.get_running_loop()
+        # Stopped first so the writer's final checkpoint, after the last queued write, has the WAL alone.
+        await asyncio.to_thread(self._wal.stop)
         for thread, jobs in ((self._reader, self._reads), (self._writer, self._writes)):
             if thread is None:
                 continue
@@ -216,6 +307,11 @@ class Database:
             self._hooks.before_commit.append(before_commit)
         if after_rollback is not None:
             self._hooks.after_rollback.append(after_rollback)
+
+    @property
+    def wal_frames(self) -> int:
+        """WAL length in frames when it was last checkpointed (0 right after a complete checkpoint)."""
+        return self._wal.wal_frames
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -263,6 +359,7 @@ class Database:
             return
         loop.call_soon_threadsafe(_set_result, ready, None)
         try:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it, see the module doc
             self._write_loop(conn)
         finally:
             conn.close()
@@ -345,6 +442,20 @@ class Database:
         self.commits += 1
         self.grouped_writes += len(batch)
         _resolve_batch(batch)
+        self._wal.poke()
+        if self._wal.wal_frames >= self._wal_limit or self._wal.stalled():
+            self._writer_checkpoint(conn)
+
+    def _writer_checkpoint(self, conn: sqlite3.Connection) -> None:
+        """The WAL outgrew the background thread: copy it now, after the group's callers were answered."""
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("store checkpoint failed", extra={"error": str(exc)})
+            return
+        # All copied: the next BEGIN starts the WAL over, so it is as good as empty.
+        self._wal.wal_frames = 0 if not busy and copied == frames else max(0, int(frames))
+        self.writer_checkpoints += 1
 
     def _fail_all(self, batch: list[_Job], error: BaseException) -> None:
         for job in batch:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from daemon.store import Ed25519Signer, Store
-from daemon.store.db import latest_schema_version
+from daemon.store.db import Database, latest_schema_version
 from daemon.store.errors import CorruptDatabaseError, SchemaError, StoreClosedError
 
 
@@ -83,3 +84,79 @@ async def test_closed_store_refuses_work(tmp_path: Path, signer: Ed25519Signer) 
         pass
     with pytest.raises(StoreClosedError):
         await store.outbox_stats()
+
+
+# -- WAL checkpoints: on their own thread, with the writer as a fallback ---------------------------------
+
+
+async def _fill(db: Database, rows: int, per_commit: int = 100) -> None:
+    body = b"\x5a" * 1024
+    for _ in range(0, rows, per_commit):
+        await db.write(lambda c: c.executemany("INSERT INTO t(body) VALUES (?)", [(body,)] * per_commit))
+
+
+async def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_commits_leave_the_checkpoint_to_the_background_thread(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    db = Database(path, checkpoint_interval=3600.0)  # the thread waits: only its own checkpoint may copy
+    await db.open()
+    try:
+        await db.write(lambda c: c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)"))
+        await _fill(db, 4000)  # ~1,400 WAL pages: SQLite's own checkpoint would have run in a COMMIT
+        assert path.stat().st_size < 1_000_000, "a commit copied the WAL into the database"
+        assert db.writer_checkpoints == 0
+    finally:
+        await db.close()
+    assert path.stat().st_size > 4_000_000  # the writer's checkpoint at close copied everything
+
+
+async def test_background_thread_copies_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    db = Database(path, checkpoint_interval=0.01)
+    await db.open()
+    try:
+        await db.write(lambda c: c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)"))
+        await _fill(db, 4000)
+        await _wait(lambda: path.stat().st_size > 4_000_000)
+        assert db.writer_checkpoints == 0
+        assert await db.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0]) == 4000
+    finally:
+        await db.close()
+
+
+async def test_writer_checkpoints_when_the_wal_outgrows_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    db = Database(path, checkpoint_interval=0.01, wal_limit_frames=100)
+    await db.open()
+    pinned = sqlite3.connect(path)
+    try:
+        await db.write(lambda c: c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)"))
+        # An open read transaction keeps every later frame in the WAL, so the WAL can only grow.
+        pinned.execute("BEGIN")
+        pinned.execute("SELECT count(*) FROM t").fetchone()
+        await _fill(db, 600)
+        await _wait(lambda: db.wal_frames >= 100)
+        await _fill(db, 100)
+        assert db.writer_checkpoints >= 1
+    finally:
+        pinned.close()
+        await db.close()
+
+
+async def test_writer_checkpoints_when_the_thread_does_not_answer(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db = Database(path, checkpoint_interval=3600.0, checkpoint_stall_s=0.0)
+    await db.open()
+    try:
+        await db.write(lambda c: c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB)"))
+        await _fill(db, 3000)
+        assert db.writer_checkpoints >= 1
+        assert path.stat().st_size > 2_000_000  # copied by the writer while the thread sat waiting
+    finally:
+        await db.close()
