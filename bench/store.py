@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from daemon.store import Ed25519Signer, Store
-from daemon.store.blocklog import BLOCK_COLUMNS, BlockInput
+from daemon.store.blocklog import BlockInput
 from daemon.store.db import open_connection
 from daemon.store.keyword import fts_query
 from daemon.store.memory import MemoryFilter, MemoryItem
+from daemon.store.verify_worker import WALK_COLUMNS
 
 PAYLOAD = 1024
 
@@ -184,7 +185,7 @@ async def bench_verify(tmp: Path, n: int) -> None:
     # What one thread spends before hashing anything: the same rows fetched into Python and dropped.
     conn = sqlite3.connect(f"file:{tmp / 'verify.db'}?mode=ro", uri=True)
     t0 = time.perf_counter()
-    for _ in conn.execute(f"SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY seq"):
+    for _ in conn.execute(f"SELECT {WALK_COLUMNS} FROM blocks ORDER BY seq"):
         pass
     fetch_s = time.perf_counter() - t0
     conn.close()

@@ -18,6 +18,8 @@ block that does not match.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
 import hashlib
 import json
 import os
@@ -27,10 +29,13 @@ import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from daemon.store.errors import InvalidInputError, SignatureError, StoreError
 from daemon.store.signing import PayloadCipher, Signer, verify_signature
+from daemon.store.verify_worker import HEADER as _HEADER
+from daemon.store.verify_worker import WALK_COLUMNS, WalkFailure, WalkState, walk_rows
 
 if TYPE_CHECKING:
     from daemon.store.db import Database
@@ -53,11 +58,11 @@ FLAG_COMPRESSED = 0x08
 STORED_FLAGS = FLAG_ENCRYPTED | FLAG_COMPRESSED
 
 _FOURCC_RE = re.compile(r"^[A-Z0-9_ ]{4}$")
-_HEADER = struct.Struct(">Q16s4sIQII")
+_WORKER_PATH = str(Path(__file__).with_name("verify_worker.py"))
 _CKPT_DOMAIN = b"MYCOEDGE-CHECKPOINT-V1\x00"
 
-# Below this many blocks a single thread verifies faster than starting worker processes (~0.2 s each).
-PARALLEL_VERIFY_FROM = 100_000
+# Below this many blocks the reader thread verifies about as fast as starting worker processes.
+PARALLEL_VERIFY_FROM = 50_000
 
 # Largest payload one block may carry: bounds memory on import and in the outbox rendering.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -112,6 +117,22 @@ def _uuid7(time48: bytes, random80: bytes) -> bytes:
     return bytes(raw)
 
 
+_UUID_VERSION = bytes((b & 0x0F) | 0x70 for b in range(256))
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def _uuid7_many(time48: bytes, count: int) -> list[bytes]:
+    """``count`` version-7 ids sharing one millisecond, from one ``os.urandom`` call.
+
+    The version and variant bits are set for all of them at once with two strided translations, which
+    costs a third of building each id on its own (this runs once per appended block)."""
+    entropy = bytearray(os.urandom(10 * count))
+    entropy[0::10] = entropy[0::10].translate(_UUID_VERSION)
+    entropy[2::10] = entropy[2::10].translate(_UUID_VARIANT)
+    random80 = bytes(entropy)
+    return [time48 + random80[i : i + 10] for i in range(0, 10 * count, 10)]
+
+
 # FourCCs already checked (a handful in practice; bounded so odd input cannot grow it without limit).
 _GOOD_FOURCC: set[str] = set()
 
@@ -142,9 +163,8 @@ class BlockInput:
     encrypt: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BlockInfo:
-    """Where an appended block landed in the chain."""
+class BlockInfo(NamedTuple):
+    """Where an appended block landed in the chain (a named tuple: one is built per appended block)."""
 
     seq: int
     block_id: bytes
@@ -309,11 +329,10 @@ class BlockLog:
         """Ids, times and encryption of checked blocks (writer thread; cannot fail on valid input).
 
         One ``os.urandom`` call draws the random part of every generated id of the group."""
-        time48 = (now_us // 1000).to_bytes(6, "big")
-        entropy = os.urandom(10 * len(checked))
+        ids = _uuid7_many((now_us // 1000).to_bytes(6, "big"), len(checked))
         out = []
-        for index, (fourcc, plain, meta, given_id, given_ts, encrypt) in enumerate(checked):
-            block_id = given_id if given_id is not None else _uuid7(time48, entropy[10 * index : 10 * index + 10])
+        for (fourcc, plain, meta, given_id, given_ts, encrypt), new_id in zip(checked, ids, strict=True):
+            block_id = given_id if given_id is not None else new_id
             stored, flags = plain, 0
             if encrypt and self._cipher is not None:
                 stored, flags = self._cipher.encrypt(plain, block_id), FLAG_ENCRYPTED
@@ -350,10 +369,10 @@ class BlockLog:
         for block_id, fourcc, flags, ts_us, meta, payload in prepared:
             seq += 1
             # chain_hash(), inlined: this loop runs once per appended block on the writer thread.
-            chained = sha256(
-                prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta))
-                + payload + meta
-            ).digest()
+            hasher = sha256(prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta)))
+            hasher.update(payload)
+            hasher.update(meta)
+            chained = hasher.digest()
             rows.append((seq, block_id, fourcc, flags, ts_us, meta, payload, prev, chained))
             infos.append(BlockInfo(seq, block_id, fourcc, ts_us, chained))
             prev = chained
@@ -529,24 +548,37 @@ class BlockLog:
     ) -> VerifyReport:
         """Recompute every chain hash and check every checkpoint signature; name the first bad block.
 
-        Logs of at least ``parallel_from`` blocks are verified by ``workers`` processes (default: one
-        less than the CPU count, at most 4; on two cores one thread is faster), each walking one range;
-        the ranges are joined by checking that each range's first ``prev_hash`` is the previous range's
-        last computed chain hash.
+        Logs of at least ``parallel_from`` blocks are split into one range per worker process
+        (default: one per CPU, at most 4); the ranges are joined by checking that each range's first
+        ``prev_hash`` is the previous range's last chain hash. Smaller logs are walked by the reader
+        thread in batches.
         """
-        checkpoints, signers = await self._db.read(_load_checkpoints("maif"))
-        total = await self.count()
-        workers = min(4, (os.cpu_count() or 1) - 1) if workers is None else workers
-        if workers > 1 and total >= parallel_from:
-            return await self._verify_parallel(checkpoints, signers, total, workers, progress)
-        state = _ChainWalk(checkpoints, signers)
+        checkpoints, signers, last = await self._db.read(_load_verify_start)
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        if workers > 1 and last >= parallel_from:
+            report = await self._verify_parallel(_ChainWalk(checkpoints, signers), last, workers, progress)
+        else:
+            report = await self._verify_serial(_ChainWalk(checkpoints, signers), last, batch, progress)
+        if report.ok or report.block_id is not None or report.first_bad is None:
+            return report
+        bad_seq = report.first_bad
+        found = await self._db.read(
+            lambda c: c.execute(
+                "SELECT CASE WHEN typeof(block_id) = 'blob' THEN block_id END FROM blocks WHERE seq = ?", (bad_seq,)
+            ).fetchone()
+        )
+        return report if found is None or not isinstance(found[0], bytes) else replace(report, block_id=found[0].hex())
+
+    async def _verify_serial(
+        self, state: _ChainWalk, total: int, batch: int, progress: ProgressCallback | None
+    ) -> VerifyReport:
         while True:
             after = state.seq
 
             def run(conn: sqlite3.Connection, after: int = after) -> VerifyReport | None:
                 return state.walk(
                     conn.execute(
-                        f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                        f"SELECT {WALK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
                     )
                 )
 
@@ -554,141 +586,130 @@ class BlockLog:
             if report is not None:
                 return report
             if progress is not None:
-                progress(state.checked, total)
+                progress(state.checked, max(total, state.checked))
             if state.seq == after:
                 return state.finish()
 
-
     async def _verify_parallel(
-        self,
-        checkpoints: dict[int, list[tuple[bytes, str, bytes]]],
-        signers: dict[str, tuple[str, bytes]],
-        total: int,
-        workers: int,
-        progress: ProgressCallback | None,
+        self, state: _ChainWalk, last: int, workers: int, progress: ProgressCallback | None
     ) -> VerifyReport:
-        last = await self._db.read(lambda c: int(c.execute("SELECT coalesce(max(seq), 0) FROM blocks").fetchone()[0]))
-        size = -(-max(last, 1) // (workers * 2))
+        size = -(-max(last, 1) // workers)
         ranges = [(lo, min(last, lo + size - 1)) for lo in range(1, last + 1, size)]
-        signer_keys = {k: [a, p.hex()] for k, (a, p) in signers.items()}
-        jobs = [
-            json.dumps({
-                "path": str(self._db.path), "lo": lo, "hi": hi, "signers": signer_keys,
-                "checkpoints": {
-                    str(s): [[h.hex(), k, sig.hex()] for h, k, sig in c]
-                    for s, c in checkpoints.items() if lo <= s <= hi
-                },
-            }).encode()
-            for lo, hi in ranges
+        total = last
+        done = [0] * len(ranges)
+
+        def report(index: int, checked: int) -> None:
+            done[index] = checked
+            if progress is not None:
+                progress(sum(done), total)
+
+        tasks = [
+            asyncio.ensure_future(self._run_worker(lo, hi, functools.partial(report, i)))
+            for i, (lo, hi) in enumerate(ranges)
         ]
-        semaphore = asyncio.Semaphore(workers)
-
-        async def run_range(job: bytes) -> dict[str, Any]:
-            async with semaphore:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "daemon.store.verify_worker",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                )
-                try:
-                    out, err = await proc.communicate(job)
-                finally:
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-                if proc.returncode != 0:
-                    raise StoreError(f"verify worker failed: {err.decode(errors='replace')[-500:]}")
-                result: dict[str, Any] = json.loads(out)
-                return result
-
-        tasks = [asyncio.ensure_future(run_range(job)) for job in jobs]
-        checked = 0
-        prev_last = ZERO_HASH
         try:
-            for task in tasks:
+            for (lo, _), task in zip(ranges, tasks, strict=True):
                 result = await task
                 first_prev = None if result["first_prev"] is None else bytes.fromhex(result["first_prev"])
-                ok, reason, bad = bool(result["ok"]), result["reason"], result["first_bad"]
-                if ok and first_prev is not None and first_prev != prev_last:
-                    ok, reason, bad = False, "previous hash does not match the previous block", None
-                if not ok:
-                    return VerifyReport(False, checked + int(result["checked"]), bad, result["block_id"], reason)
-                checked += int(result["checked"])
-                prev_last = bytes.fromhex(result["last_chain"])
-                if progress is not None:
-                    progress(checked, total)
+                if first_prev is not None and first_prev != state.prev:
+                    return VerifyReport(False, lo - 1, lo, None, "previous hash does not match the previous block")
+                failure = None if result["failure"] is None else WalkFailure(*result["failure"])
+                bad = state.check_stretch(lo, lo + int(result["checked"]) - 1, failure)
+                if bad is not None:
+                    return bad
+                state.checked += int(result["checked"])
+                state.seq = state.checked
+                state.prev = bytes.fromhex(result["last_chain"])
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        state = _ChainWalk(checkpoints, signers)
-        state.seq, state.checked = last, checked
         return state.finish()
 
+    async def _run_worker(self, lo: int, hi: int, progress: Callable[[int], None]) -> dict[str, Any]:
+        """One worker process over ``lo..hi``: its progress lines go to ``progress``; its result is returned."""
+        job = json.dumps({"path": str(self._db.path), "lo": lo, "hi": hi}).encode()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", _WORKER_PATH,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(job)
+            await proc.stdin.drain()
+            proc.stdin.close()
+            result: dict[str, Any] | None = None
+            while line := await proc.stdout.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError as exc:
+                    raise StoreError(f"verify worker answered garbage: {exc}") from exc
+                if "result" in message:
+                    result = message["result"]
+                elif "checked" in message:
+                    progress(int(message["checked"]))
+            err = await proc.stderr.read()
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0 or result is None:
+            raise StoreError(f"verify worker failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
+        return result
 
-def verify_range(
-    path: str,
-    lo: int,
-    hi: int,
-    checkpoints: dict[int, list[tuple[bytes, str, bytes]]],
-    signers: dict[str, tuple[str, bytes]],
-) -> tuple[VerifyReport, bytes | None, bytes]:
-    """Worker process: walk seqs ``lo..hi``; returns the report, the first stored prev hash, the last hash."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        walk = _ChainWalk(checkpoints, signers)
-        walk.seq = lo - 1
-        first = conn.execute("SELECT prev_hash FROM blocks WHERE seq = ?", (lo,)).fetchone()
-        first_prev = None if first is None else bytes(first[0])
-        walk.prev = ZERO_HASH if lo == 1 or first_prev is None else first_prev
-        rows = conn.execute(f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE seq BETWEEN ? AND ? ORDER BY seq", (lo, hi))  # noqa: S608 - fixed column names only
-        report = walk.walk(rows)
-        if report is None and walk.seq != hi:
-            report = VerifyReport(False, walk.checked, walk.seq + 1, None,
-                                  f"expected seq {walk.seq + 1}: block missing")
-        return (report or VerifyReport(True, walk.checked)), (None if lo == 1 else first_prev), walk.prev
-    finally:
-        conn.close()
+
+_Checkpoints = dict[int, list[tuple[bytes, str, bytes]]]
+_Signers = dict[str, tuple[str, bytes]]
 
 
-def _load_checkpoints(
-    chain: str,
-) -> Callable[[sqlite3.Connection], tuple[dict[int, list[tuple[bytes, str, bytes]]], dict[str, tuple[str, bytes]]]]:
-    def run(
-        conn: sqlite3.Connection,
-    ) -> tuple[dict[int, list[tuple[bytes, str, bytes]]], dict[str, tuple[str, bytes]]]:
-        checkpoints: dict[int, list[tuple[bytes, str, bytes]]] = {}
-        for upto, head, key_id, sig in conn.execute(
-            "SELECT upto_seq, head_hash, key_id, signature FROM checkpoints WHERE chain = ? ORDER BY id", (chain,)
-        ):
-            checkpoints.setdefault(int(upto), []).append((bytes(head), str(key_id), bytes(sig)))
-        signers = {
-            str(k): (str(a), bytes(p)) for k, a, p in conn.execute("SELECT key_id, algorithm, public_key FROM signers")
-        }
-        return checkpoints, signers
+def _read_checkpoints(conn: sqlite3.Connection, chain: str) -> tuple[_Checkpoints, _Signers]:
+    """A chain's checkpoints by seq (head, key id, signature) and the signers' public keys."""
+    checkpoints: _Checkpoints = {}
+    for upto, head, key_id, sig in conn.execute(
+        "SELECT upto_seq, head_hash, key_id, signature FROM checkpoints WHERE chain = ? ORDER BY id", (chain,)
+    ):
+        checkpoints.setdefault(int(upto), []).append((bytes(head), str(key_id), bytes(sig)))
+    signers = {
+        str(k): (str(a), bytes(p)) for k, a, p in conn.execute("SELECT key_id, algorithm, public_key FROM signers")
+    }
+    return checkpoints, signers
 
-    return run
+
+def _load_checkpoints(chain: str) -> Callable[[sqlite3.Connection], tuple[_Checkpoints, _Signers]]:
+    return lambda conn: _read_checkpoints(conn, chain)
+
+
+def _load_verify_start(conn: sqlite3.Connection) -> tuple[_Checkpoints, _Signers, int]:
+    """The block log's checkpoints and its last seq, read in one transaction: every block up to that
+    seq has its checkpoints in the result."""
+    checkpoints, signers = _read_checkpoints(conn, "maif")
+    return checkpoints, signers, int(conn.execute("SELECT coalesce(max(seq), 0) FROM blocks").fetchone()[0])
 
 
 class _ChainWalk:
-    """Incremental verifier state, fed one batch of rows at a time (runs on the reader thread)."""
+    """Verifier state for one chain: the walk so far, and the checkpoints whose signatures it checks."""
 
-    def __init__(
-        self,
-        checkpoints: dict[int, list[tuple[bytes, str, bytes]]],
-        signers: dict[str, tuple[str, bytes]],
-        chain: str = "maif",
-    ) -> None:
+    def __init__(self, checkpoints: _Checkpoints, signers: _Signers, chain: str = "maif") -> None:
         self.checkpoints = checkpoints
         self.signers = signers
         self.chain = chain
         self.seq = 0
         self.prev = ZERO_HASH
         self.checked = 0
+        # What the walk compares at each checkpointed seq, and those seqs in order for the signature pass.
+        self.heads = {seq: [head for head, _, _ in entries] for seq, entries in checkpoints.items()}
+        self._ordered = sorted(checkpoints)
 
     def check_checkpoints(self, seq: int, head: bytes) -> str | None:
-        for ckpt_head, key_id, sig in self.checkpoints.get(seq, ()):
+        """The checkpoints at ``seq``: each must name ``head`` and carry a good signature over it."""
+        for ckpt_head, _, _ in self.checkpoints.get(seq, ()):
             if ckpt_head != head:
                 return f"checkpoint at seq {seq} does not match the chain head"
+        return self.check_signatures(seq)
+
+    def check_signatures(self, seq: int) -> str | None:
+        for head, key_id, sig in self.checkpoints.get(seq, ()):
             signer = self.signers.get(key_id)
             if signer is None:
                 return f"checkpoint at seq {seq} names unknown signer {key_id}"
@@ -696,54 +717,30 @@ class _ChainWalk:
                 return f"checkpoint signature at seq {seq} does not verify"
         return None
 
-    def walk(self, rows: Iterator[Any]) -> VerifyReport | None:
-        """Check a batch of rows; a report for the first bad one, None when all are good.
+    def check_stretch(self, first: int, last: int, failure: WalkFailure | None) -> VerifyReport | None:
+        """After a walk of seqs ``first..last`` (heads already compared): the first bad signature in it,
+        or else the walk's own failure, as a report; None when both are clean."""
+        for index in range(bisect.bisect_left(self._ordered, first), len(self._ordered)):
+            seq = self._ordered[index]
+            if seq > last:
+                break
+            bad = self.check_signatures(seq)
+            if bad is not None:
+                return VerifyReport(False, seq - 1, seq, None, bad)
+        if failure is not None:
+            return VerifyReport(False, failure.seq - 1, failure.seq, failure.block_id, failure.reason)
+        return None
 
-        The loop body is what verification costs per block beyond fetching and hashing it, so the
-        common case (hash, link and seq all match) takes one comparison chain and no attribute writes.
-        """
-        sha256 = hashlib.sha256
-        pack = _HEADER.pack
-        checkpoints = self.checkpoints
-        prev = self.prev
-        expected_seq = self.seq + 1
-        checked = self.checked
-        for row in rows:
-            seq, block_id, fourcc, flags, ts_us, meta, payload, prev_hash, chained = row
-            try:
-                computed = sha256(
-                    prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta))
-                    + payload + meta
-                ).digest()
-            except (struct.error, UnicodeEncodeError, AttributeError, TypeError):
-                computed = b""
-            if computed == chained and prev_hash == prev and seq == expected_seq:
-                if seq in checkpoints:
-                    self.checked = checked
-                    bad = self.check_checkpoints(seq, chained)
-                    if bad is not None:
-                        return VerifyReport(False, checked, seq, bytes(block_id).hex(), bad)
-                prev = chained
-                expected_seq += 1
-                checked += 1
-                continue
-            self.checked = checked
-            if computed != chained:
-                if seq != expected_seq:
-                    bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
-                elif prev_hash != prev:
-                    bad = "previous hash does not match the previous block"
-                else:
-                    bad = "chain hash does not match the block's contents"
-            elif prev_hash != prev:
-                bad = "previous hash does not match the previous block"
-            else:
-                bad = f"expected seq {expected_seq}, found {seq} (block missing or reordered)"
-            bid = bytes(block_id).hex() if isinstance(block_id, bytes | bytearray) else None
-            return VerifyReport(False, checked, int(seq) if isinstance(seq, int) else expected_seq, bid, bad)
-        self.checked = checked
-        self.prev = prev
-        self.seq = expected_seq - 1
+    def walk(self, rows: Iterator[Any]) -> VerifyReport | None:
+        """Check a batch of ``WALK_COLUMNS`` rows; a report for the first bad one, None when all are good."""
+        state = WalkState(prev=self.prev, expected_seq=self.seq + 1)
+        failure = walk_rows(rows, state, self.heads)
+        bad = self.check_stretch(self.seq + 1, state.expected_seq - 1, failure)
+        if bad is not None:
+            return bad
+        self.checked += state.checked
+        self.prev = state.prev
+        self.seq = state.expected_seq - 1
         return None
 
     def finish(self) -> VerifyReport:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.store import Ed25519Signer, Store, export, import_file, verify
-from daemon.store.blocklog import BLOCK_COLUMNS, BlockInput
+from daemon.store.blocklog import BLOCK_COLUMNS, BlockInput, _uuid7_many
 from daemon.store.errors import DecryptionError, InvalidInputError, VerificationError
 from daemon.store.maif_file import decode_file
 
@@ -231,3 +234,71 @@ async def test_import_of_a_malformed_file_names_the_offset(store: Store, tmp_pat
     with pytest.raises(MaifFormatError) as info:
         await import_file(store, bad)
     assert info.value.offset == 4  # version field: 0.0 is not a MAIF version
+
+
+@given(st.integers(min_value=0, max_value=2**48 - 1), st.integers(min_value=1, max_value=300))
+def test_generated_block_ids_are_distinct_version_7_uuids_of_their_millisecond(unix_ms: int, count: int) -> None:
+    ids = _uuid7_many(unix_ms.to_bytes(6, "big"), count)
+    assert len(ids) == count and len(set(ids)) == count
+    for raw in ids:
+        parsed = uuid.UUID(bytes=raw)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert int.from_bytes(raw[:6], "big") == unix_ms
+
+
+TAMPERINGS = [
+    ("payload in the second half", "UPDATE blocks SET payload = x'ff' WHERE seq = 151"),
+    ("prev_hash at a range boundary", "UPDATE blocks SET prev_hash = zeroblob(32) WHERE seq = 101"),
+    ("chain_hash of a range's last block", "UPDATE blocks SET chain_hash = zeroblob(32) WHERE seq = 100"),
+    ("block at a range boundary deleted", "DELETE FROM blocks WHERE seq = 101"),
+    ("lengthened FourCC", "UPDATE blocks SET fourcc = 'BINAX' WHERE seq = 7"),
+    ("lengthened block id", "UPDATE blocks SET block_id = block_id || x'00' WHERE seq = 120"),
+    ("checkpoint signature", "UPDATE checkpoints SET signature = zeroblob(64) WHERE chain = 'maif' AND upto_seq = 150"),
+    ("checkpoint head", "UPDATE checkpoints SET head_hash = zeroblob(32) WHERE chain = 'maif' AND upto_seq = 50"),
+    ("last blocks removed", "DELETE FROM blocks WHERE seq > 190"),
+]
+
+
+@pytest.mark.parametrize(("what", "sql"), TAMPERINGS, ids=[t[0] for t in TAMPERINGS])
+async def test_worker_processes_and_the_reader_thread_name_the_same_first_bad_block(
+    tmp_path: Path, signer: Ed25519Signer, what: str, sql: str
+) -> None:
+    path = tmp_path / "p.db"
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        for part in range(4):
+            await store.append_blocks([BlockInput("BINA", bytes([part, i])) for i in range(50)])
+    conn = sqlite3.connect(path)
+    assert conn.execute(sql).rowcount >= 1
+    conn.commit()
+    conn.close()
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0, integrity_check="off") as store:
+        single = await store.blocks.verify(workers=1)
+        reports = [await store.blocks.verify(workers=n, parallel_from=1) for n in (2, 3)]
+    assert not single.ok, what
+    for report in reports:
+        assert (report.ok, report.first_bad, report.checked) == (single.ok, single.first_bad, single.checked), what
+
+
+STORAGE_CLASS_CHANGES = [
+    ("block_id", "CAST(block_id AS TEXT)"), ("block_id", "x'ff' || block_id"), ("payload", "CAST(payload AS TEXT)"),
+    ("payload", "'\u00e9t\u00e9'"), ("metadata", "CAST(metadata AS TEXT)"), ("prev_hash", "CAST(prev_hash AS TEXT)"),
+    ("chain_hash", "CAST(chain_hash AS TEXT)"), ("fourcc", "CAST(fourcc AS BLOB)"), ("flags", "'x'"),
+    ("ts_us", "ts_us + 0.5"), ("seq", "seq + 1000"),
+]
+
+
+@pytest.mark.parametrize(("column", "expr"), STORAGE_CLASS_CHANGES)
+async def test_a_value_of_another_type_or_length_fails_its_block_without_crashing(
+    tmp_path: Path, signer: Ed25519Signer, column: str, expr: str
+) -> None:
+    path = tmp_path / "t.db"
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        await store.append_blocks([BlockInput("BINA", bytes([i]) * 40) for i in range(6)])
+    conn = sqlite3.connect(path)
+    assert conn.execute(f"UPDATE blocks SET {column} = {expr} WHERE seq = 3").rowcount == 1
+    conn.commit()
+    conn.close()
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0, integrity_check="off") as store:
+        reports = [await store.blocks.verify(workers=1), await store.blocks.verify(workers=2, parallel_from=1)]
+    for report in reports:
+        assert not report.ok and report.first_bad == 3, (column, expr, report)
