@@ -1,6 +1,6 @@
 """Store benchmarks, each printed next to a baseline measured in the same run on the same machine.
 
-    .venv/bin/python -m bench.store [--blocks 20000] [--memories 100000] [--vectors 10000] [--dim 384]
+    .venv/bin/python -m bench.store [--blocks 20000] [--rounds 3] [--memories 100000] [--vectors 10000] [--dim 384]
                                     [--only append latency verify memory search]
 
 Figures: durable append of 1 KiB blocks (vs plain SQLite inserts of the same bytes at the same
@@ -102,9 +102,9 @@ def plain_sqlite_latency(path: Path, n: int, rate: float) -> list[float]:
 # -- block log -------------------------------------------------------------------------------------
 
 
-async def bench_append(tmp: Path, n: int) -> None:
-    payloads = [os.urandom(PAYLOAD) for _ in range(256)]
-    async with _store(tmp / "append.db") as store:
+async def _append_round(path: Path, n: int, payloads: list[bytes]) -> tuple[float, float, float, bool]:
+    """One fresh store: single appends from 256 tasks, then 64-block appends from 16; blocks/s each."""
+    async with _store(path) as store:
         counter = iter(range(n))
 
         async def producer() -> None:
@@ -114,8 +114,7 @@ async def bench_append(tmp: Path, n: int) -> None:
         start = time.perf_counter()
         await asyncio.gather(*[producer() for _ in range(256)])
         single = n / (time.perf_counter() - start)
-        commits = store.db.commits
-        group = n / max(1, commits)
+        group = n / max(1, store.db.commits)
 
         batches = iter(range(0, n, 64))
 
@@ -127,18 +126,38 @@ async def bench_append(tmp: Path, n: int) -> None:
         await asyncio.gather(*[batch_producer() for _ in range(16)])
         batched = n / (time.perf_counter() - start)
         ok = (await store.verify_blocks()).ok
-    same_groups = plain_sqlite_inserts(tmp / "plain1.db", n, max(1, int(group)))
-    no_ckpt = plain_sqlite_inserts(tmp / "plain3.db", n, max(1, int(group)), autocheckpoint=False)
+    return single, batched, group, ok
+
+
+async def bench_append(tmp: Path, n: int, rounds: int) -> None:
+    """Store and plain SQLite take turns, ``rounds`` times, each on fresh files: the machine's speed
+    drifts by tens of percent within seconds here, so each round's ratio compares neighbours, and
+    the median round is printed with the spread."""
+    payloads = [os.urandom(PAYLOAD) for _ in range(256)]
+    figures: list[tuple[float, float, float, float, float]] = []
+    ok = True
+    group = 1.0
+    for r in range(rounds):
+        single, batched, group, round_ok = await _append_round(tmp / f"append{r}.db", n, payloads)
+        ok = ok and round_ok
+        same_groups = plain_sqlite_inserts(tmp / f"plain1-{r}.db", n, max(1, int(group)))
+        no_ckpt = plain_sqlite_inserts(tmp / f"plain3-{r}.db", n, max(1, int(group)), autocheckpoint=False)
+        figures.append((single, batched, same_groups, no_ckpt, single / same_groups))
+        _remove(tmp, f"*{r}.db*")
     one_each = plain_sqlite_inserts(tmp / "plain2.db", min(n, 2000), 1)
+    single, batched, same_groups, no_ckpt, _ = sorted(figures, key=lambda f: f[4])[len(figures) // 2]
+    spread_single = ", ".join(f"{f[0] / f[2]:.2f}" for f in figures)
+    spread_batched = ", ".join(f"{f[1] / f[2]:.2f}" for f in figures)
     _line("append 1 KiB, one block per await", f"{single:,.0f} blocks/s", f"{same_groups:,.0f} rows/s",
-          f"ratio {single / same_groups:.2f} vs plain rows in the same group size ({group:.0f}/commit)")
+          f"ratio {single / same_groups:.2f} vs plain rows in the same group size ({group:.0f}/commit);"
+          f" rounds {spread_single}")
     _line("append 1 KiB, 64 blocks per await", f"{batched:,.0f} blocks/s", f"{same_groups:,.0f} rows/s",
-          f"ratio {batched / same_groups:.2f}")
+          f"ratio {batched / same_groups:.2f}; rounds {spread_batched}")
     _line("  plain rows, no checkpoint in COMMIT", "", f"{no_ckpt:,.0f} rows/s",
           f"ratios {single / no_ckpt:.2f} / {batched / no_ckpt:.2f} vs plain with SQLite's checkpoints taken "
           "out of its commits too")
     _line("  plain SQLite, one COMMIT per row", "", f"{one_each:,.0f} rows/s",
-          f"store/plain {single / one_each:.1f}x (same per-write durability); chain ok={ok}")
+          f"store/plain {single / one_each:.1f}x (same per-write durability); chains ok={ok}")
 
 
 async def bench_latency(tmp: Path, seconds: float, rate: float = 1000.0) -> None:
@@ -166,22 +185,27 @@ async def bench_latency(tmp: Path, seconds: float, rate: float = 1000.0) -> None
           f"p50 {_pct(lat, 50):.2f} ms; baseline = one plain durable insert per COMMIT")
 
 
-async def bench_verify(tmp: Path, n: int) -> None:
+async def bench_verify(tmp: Path, n: int, rounds: int) -> None:
+    """Hashing, one-thread verification and worker verification take turns ``rounds`` times; the
+    median of each round's ratio is printed with the spread (see ``bench_append`` for why)."""
     pool = [os.urandom(PAYLOAD) for _ in range(1024)]
+    single_r: list[tuple[float, float]] = []
+    parallel_r: list[tuple[float, float]] = []
+    ok = True
     async with _store(tmp / "verify.db") as store:
         for start in range(0, n, 2000):
             count = min(2000, n - start)
             await store.append_blocks([BlockInput("BINA", pool[(start + i) % 1024]) for i in range(count)])
-        t0 = time.perf_counter()
-        single = await store.blocks.verify(workers=1)
-        single_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        parallel = await store.blocks.verify(workers=max(2, os.cpu_count() or 1), parallel_from=1)
-        parallel_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(n):
-        hashlib.sha256(pool[i % 1024]).digest()
-    hash_s = time.perf_counter() - t0
+        for _ in range(rounds):
+            hash_s = _hash_time(pool, n)
+            t0 = time.perf_counter()
+            single = await store.blocks.verify(workers=1)
+            single_r.append((hash_s, time.perf_counter() - t0))
+            hash_s = _hash_time(pool, n)
+            t0 = time.perf_counter()
+            parallel = await store.blocks.verify(workers=max(2, os.cpu_count() or 1), parallel_from=1)
+            parallel_r.append((hash_s, time.perf_counter() - t0))
+            ok = ok and single.ok and parallel.ok
     # What one thread spends before hashing anything: the same rows fetched into Python and dropped.
     conn = sqlite3.connect(f"file:{tmp / 'verify.db'}?mode=ro", uri=True)
     t0 = time.perf_counter()
@@ -189,13 +213,28 @@ async def bench_verify(tmp: Path, n: int) -> None:
         pass
     fetch_s = time.perf_counter() - t0
     conn.close()
+    fetch_hash_s = _hash_time(pool, n)
     mb = n * PAYLOAD / 1e6
-    _line(f"verify chain, {n:,} x 1 KiB, one thread", f"{mb / single_s:,.0f} MB/s", f"{mb / hash_s:,.0f} MB/s",
-          f"ratio {hash_s / single_s:.2f} vs hashlib.sha256 per payload; ok={single.ok}")
-    _line("  rows fetched alone, one thread", f"{mb / fetch_s:,.0f} MB/s", f"{mb / hash_s:,.0f} MB/s",
-          f"ceiling for one thread: fetch + hash = ratio {hash_s / (fetch_s + hash_s):.2f}")
-    _line(f"verify chain, {n:,} x 1 KiB, worker processes", f"{mb / parallel_s:,.0f} MB/s",
-          f"{mb / hash_s:,.0f} MB/s", f"ratio {hash_s / parallel_s:.2f} ({os.cpu_count()} CPUs); ok={parallel.ok}")
+    for label, runs in ((f"verify chain, {n:,} x 1 KiB, one thread", single_r),
+                        (f"verify chain, {n:,} x 1 KiB, {max(2, os.cpu_count() or 1)} workers", parallel_r)):
+        hash_s, took = sorted(runs, key=lambda r: r[0] / r[1])[len(runs) // 2]
+        _line(label, f"{mb / took:,.0f} MB/s", f"{mb / hash_s:,.0f} MB/s",
+              f"ratio {hash_s / took:.2f} vs hashlib.sha256 per payload; rounds "
+              + ", ".join(f"{h / t:.2f}" for h, t in runs) + f"; ok={ok}")
+    _line("  rows fetched alone, one thread", f"{mb / fetch_s:,.0f} MB/s", f"{mb / fetch_hash_s:,.0f} MB/s",
+          f"ceiling for one thread: fetch + hash = ratio {fetch_hash_s / (fetch_s + fetch_hash_s):.2f}")
+
+
+def _remove(directory: Path, pattern: str) -> None:
+    for path in directory.glob(pattern):
+        path.unlink()
+
+
+def _hash_time(pool: list[bytes], n: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(n):
+        hashlib.sha256(pool[i % 1024]).digest()
+    return time.perf_counter() - t0
 
 
 # -- memory search ---------------------------------------------------------------------------------
@@ -435,6 +474,7 @@ async def main() -> None:
     parser.add_argument("--blocks", type=int, default=20_000)
     parser.add_argument("--verify-blocks", type=int, default=200_000)
     parser.add_argument("--latency-seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3, help="turns of store and baseline for append and verify")
     parser.add_argument("--vectors", type=int, default=10_000, help="e.g. 100000 or 1000000 for the targets")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=40)
@@ -451,11 +491,11 @@ async def main() -> None:
           f"  load average {load} (other work on the machine skews every figure; ratios are same-run)")
     try:
         if "append" in only:
-            await bench_append(tmp, args.blocks)
+            await bench_append(tmp, args.blocks, args.rounds)
         if "latency" in only:
             await bench_latency(tmp, args.latency_seconds)
         if "verify" in only:
-            await bench_verify(tmp, args.verify_blocks)
+            await bench_verify(tmp, args.verify_blocks, args.rounds)
         if "memory" in only:
             await bench_memory(tmp, args.memories, max(args.queries, 200))
         if "search" in only:
