@@ -59,6 +59,15 @@ def record_hash(prev: bytes, seq: int, ts: float, kind: str, actor: str, subject
     return hashlib.sha256(prev + body.encode()).digest()
 
 
+# Text as bytes, see ``audit_verify``.
+_VERIFY_SQL = (
+    "SELECT seq, ts,"  # noqa: S608 - fixed column names only
+    + ",".join(f" CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) END"
+               for c in ("kind", "actor", "subject", "data"))
+    + ", prev_hash, hash FROM audit ORDER BY seq"
+)
+
+
 def _load_head(conn: sqlite3.Connection) -> ChainHead:
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     return ChainHead(0, ZERO_HASH) if row is None else ChainHead(int(row[0]), bytes(row[1]))
@@ -150,13 +159,17 @@ class AuditLog:
             walk = _ChainWalk(checkpoints, signers, chain="audit")
             prev = ZERO_HASH
             expected = 1
+            # Text comes as bytes and is decoded here: a value that is not UTF-8 then fails its record
+            # instead of making the fetch raise, and a value of another storage class comes as NULL.
             for seq, ts, kind, actor, subject, data, prev_hash, digest in conn.execute(
-                "SELECT seq, ts, kind, actor, subject, data, prev_hash, hash FROM audit ORDER BY seq"
+                _VERIFY_SQL
             ):
                 bad: str | None = None
                 try:
-                    computed = record_hash(prev, seq, ts, kind, actor, subject, data)
-                except (TypeError, ValueError):
+                    computed = record_hash(
+                        prev, seq, ts, kind.decode(), actor.decode(), subject.decode(), data.decode()
+                    )
+                except (TypeError, ValueError, AttributeError):
                     computed = b""
                 if seq != expected:
                     bad = f"expected seq {expected}, found {seq}"

@@ -41,3 +41,24 @@ async def test_altered_record_is_named(tmp_path: Path, signer: Ed25519Signer) ->
     async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
         report = await store.audit_verify()
     assert not report.ok and report.first_bad == 3
+
+
+@pytest.mark.parametrize(
+    ("column", "expr"),
+    [("actor", "CAST(x'ff00' AS TEXT)"), ("data", "CAST(x'c3' AS TEXT)"), ("kind", "CAST(kind AS BLOB)"),
+     ("subject", "x'00'"), ("data", "'not json'")],
+)
+async def test_undecodable_or_mistyped_values_fail_their_record_without_crashing(
+    tmp_path: Path, signer: Ed25519Signer, column: str, expr: str
+) -> None:
+    path = tmp_path / "a.db"
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        for i in range(4):
+            await store.audit_append("auth_failure", f"agent-{i}", "api", {"n": i})
+    conn = sqlite3.connect(path)
+    conn.execute(f"UPDATE audit SET {column} = {expr} WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0, integrity_check="off") as store:
+        report = await store.audit_verify()
+    assert not report.ok and report.first_bad == 2
