@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from daemon.store.errors import InvalidInputError, SignatureError, StoreError
 from daemon.store.signing import PayloadCipher, Signer, verify_signature
 from daemon.store.verify_worker import HEADER as _HEADER
-from daemon.store.verify_worker import WALK_COLUMNS, WalkFailure, WalkState, walk_rows
+from daemon.store.verify_worker import WALK_COLUMNS, WalkFailure, WalkState, lenient_text, walk_rows
 
 if TYPE_CHECKING:
     from daemon.store.db import Database
@@ -576,11 +576,15 @@ class BlockLog:
             after = state.seq
 
             def run(conn: sqlite3.Connection, after: int = after) -> VerifyReport | None:
-                return state.walk(
-                    conn.execute(
-                        f"SELECT {WALK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                conn.text_factory = lenient_text  # the reader thread runs one job at a time
+                try:
+                    return state.walk(
+                        conn.execute(
+                            f"SELECT {WALK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                        )
                     )
-                )
+                finally:
+                    conn.text_factory = str
 
             report = await self._db.read(run)
             if report is not None:

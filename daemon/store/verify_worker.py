@@ -30,17 +30,23 @@ ZERO_HASH = b"\x00" * 32
 PROGRESS_EVERY = 20_000
 # The fixed part of every block that its chain hash covers (see daemon/store/blocklog.py).
 HEADER = struct.Struct(">Q16s4sIQII")
-# The columns the walk reads, in its order. A value of the wrong storage class, or an id or FourCC of
-# the wrong length, comes as NULL and fails its block: ``struct`` would silently cut or pad a field to
-# fit the header, so a lengthened field would still hash as before, and a TEXT value that is not UTF-8
-# would make the fetch itself raise. The FourCC comes as bytes so no row needs an encode.
+# The columns the walk reads, in its order. The id and the FourCC come as NULL when their length is
+# wrong: ``struct`` would silently cut or pad them to fit the header, so a lengthened field would still
+# hash as before. The FourCC comes as bytes so no row needs an encode. Every other value is taken as
+# stored: one of another storage class (TEXT where a BLOB belongs, a REAL flag) makes the hashing
+# raise a TypeError, which fails its block; the connection must decode TEXT with ``lenient_text``.
 WALK_COLUMNS = (
-    "seq, CASE WHEN typeof(block_id) = 'blob' AND length(block_id) = 16 THEN block_id END,"
+    "seq, CASE WHEN length(block_id) = 16 THEN block_id END,"
     " CASE WHEN typeof(fourcc) = 'text' AND length(CAST(fourcc AS BLOB)) = 4 THEN CAST(fourcc AS BLOB) END,"
-    " flags, ts_us,"
-    + ",".join(f" CASE WHEN typeof({c}) = 'blob' THEN {c} END" for c in ("metadata", "payload", "prev_hash",
-                                                                             "chain_hash"))
+    " flags, ts_us, metadata, payload, prev_hash, chain_hash"
 )
+
+
+def lenient_text(raw: bytes) -> str:
+    """``text_factory`` for a walk: TEXT that is not UTF-8 still comes as ``str`` (and so fails its
+    block) instead of making the fetch raise. Blocks hold no TEXT but the FourCC, fetched as bytes,
+    so this runs only for damaged rows."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 @dataclass(slots=True)
@@ -132,6 +138,7 @@ def walk_range(
     hears the number of blocks checked so far every ``every`` blocks.
     """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.text_factory = lenient_text
     try:
         first = conn.execute("SELECT prev_hash FROM blocks WHERE seq = ?", (lo,)).fetchone()
         first_prev = bytes(first[0]) if first is not None and isinstance(first[0], bytes) else None
