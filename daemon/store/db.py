@@ -174,6 +174,7 @@ class _WalCheckpointer:
         self.errors = 0
 
     def start(self) -> None:
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._main, name=f"store-checkpoint:{self._path.name}", daemon=True)
         self._thread.start()
 
