@@ -64,6 +64,10 @@ _CKPT_DOMAIN = b"MYCOEDGE-CHECKPOINT-V1\x00"
 # Below this many blocks the reader thread verifies about as fast as starting worker processes.
 PARALLEL_VERIFY_FROM = 50_000
 
+# Metadata key that MAIF files use to carry a block type the reference does not know (see
+# ``maif_io.export``); a block appended here may not use it, so an imported file is never ambiguous.
+FILE_TYPE_KEY = "mycoedge:fourcc"
+
 # Largest payload one block may carry: bounds memory on import and in the outbox rendering.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
@@ -412,6 +416,8 @@ class BlockLog:
         if block_id is not None:
             # A caller-chosen id may collide; such a block goes alone so a collision fails only itself.
             return (await self.append_many([BlockInput(fourcc, payload, metadata, block_id, ts_us, encrypt)]))[0]
+        if metadata and FILE_TYPE_KEY in metadata:
+            raise InvalidInputError(f"metadata key {FILE_TYPE_KEY!r} is reserved for MAIF files")
         checked = self._check_fields(fourcc, payload, metadata, None, ts_us, encrypt)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BlockInfo] = loop.create_future()
@@ -452,6 +458,8 @@ class BlockLog:
         """Append blocks in order, all or none; durable on return."""
         if not items:
             return []
+        if any(item.metadata and FILE_TYPE_KEY in item.metadata for item in items):
+            raise InvalidInputError(f"metadata key {FILE_TYPE_KEY!r} is reserved for MAIF files")
         now_us = int(self._clock() * 1_000_000)
         checked = [self._check(item) for item in items]
         generated = all(c[3] is None for c in checked)

@@ -10,8 +10,10 @@ Reads run on a second thread with its own connection, so a long search never del
 Copying the WAL back into the database (a checkpoint) runs on a third thread with its own connection:
 SQLite's automatic checkpoint would run inside the COMMIT that crosses 1,000 WAL pages, so every few
 thousand writes one commit would also copy 4 MB and fsync the database file while the writes behind it
-wait. The writer only checkpoints itself if the WAL grows past ``WAL_WRITER_CHECKPOINT_FRAMES``
-(the background thread cannot keep up, or was stopped), which bounds the WAL as SQLite's own would.
+wait. The writer only checkpoints itself if the WAL file grows past ``WAL_LIMIT_BYTES`` (the thread
+cannot keep up, or a reader holds it back) or the thread stops answering. ``journal_size_limit`` cuts
+the file back to that size whenever the WAL starts over, so a file larger than it always means that
+much uncopied WAL: one ``stat`` per commit tells the writer, whatever the thread is doing.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ DEFAULT_MAX_GROUP = 2048
 # How often, at most, the background thread checkpoints while writes keep coming: it coalesces the
 # commits of this interval into one copy and one database fsync.
 CHECKPOINT_INTERVAL_S = 0.25
-# WAL size (4 KiB frames, ~32 MB) past which the writer checkpoints after its own COMMIT, as SQLite's
-# automatic checkpoint does at 1,000 frames.
-WAL_WRITER_CHECKPOINT_FRAMES = 8192
+# WAL file size past which the writer checkpoints after its own COMMIT (SQLite's automatic checkpoint
+# does at 1,000 pages, ~4 MB), and to which the file is cut back when the WAL starts over.
+WAL_LIMIT_BYTES = 32 * 1024 * 1024
 
 
 def latest_schema_version() -> int:
@@ -156,9 +158,9 @@ class _WalCheckpointer:
 
     The writer ``poke``s it after each COMMIT; it then waits ``interval`` (so a burst of commits costs
     one checkpoint) and runs ``PRAGMA wal_checkpoint(PASSIVE)``, which never blocks the writer or the
-    readers and copies only frames no open read transaction still needs. ``wal_frames`` is the WAL
-    length it last saw, and ``stalled`` tells the writer a poke has gone unanswered for too long
-    (the thread could not open the database, or is stuck in I/O): either makes the writer checkpoint.
+    readers and copies only frames no open read transaction still needs. ``stalled`` tells the writer
+    a poke has gone unanswered for too long (the thread could not open the database, or is stuck in
+    I/O), which makes the writer checkpoint itself.
     """
 
     def __init__(self, path: Path, interval: float, stall_s: float) -> None:
@@ -169,7 +171,6 @@ class _WalCheckpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending_since: float | None = None
-        self.wal_frames = 0
         self.checkpoints = 0
         self.errors = 0
 
@@ -209,12 +210,11 @@ class _WalCheckpointer:
                 self._wake.clear()
                 self._pending_since = None
                 try:
-                    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
                     self.errors += 1
                     log.warning("store checkpoint failed", extra={"error": str(exc)})
                     continue
-                self.wal_frames = max(0, int(frames))
                 self.checkpoints += 1
         finally:
             conn.close()
@@ -230,7 +230,7 @@ class Database:
         integrity: IntegrityMode = "full",
         max_group: int = DEFAULT_MAX_GROUP,
         checkpoint_interval: float = CHECKPOINT_INTERVAL_S,
-        wal_limit_frames: int = WAL_WRITER_CHECKPOINT_FRAMES,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
         checkpoint_stall_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
@@ -242,7 +242,8 @@ class Database:
         self._reader: threading.Thread | None = None
         self._hooks = _Hooks()
         self._wal = _WalCheckpointer(self.path, checkpoint_interval, checkpoint_stall_s)
-        self._wal_limit = wal_limit_frames
+        self._wal_limit = wal_limit_bytes
+        self._wal_path = self.path.with_name(self.path.name + "-wal")
         self._open = False
         self.commits = 0
         self.grouped_writes = 0
@@ -309,11 +310,6 @@ class Database:
         if after_rollback is not None:
             self._hooks.after_rollback.append(after_rollback)
 
-    @property
-    def wal_frames(self) -> int:
-        """WAL length in frames when it was last checkpointed (0 right after a complete checkpoint)."""
-        return self._wal.wal_frames
-
     # -- public API ------------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, savepoint: bool = True) -> T:
@@ -361,6 +357,7 @@ class Database:
         loop.call_soon_threadsafe(_set_result, ready, None)
         try:
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it, see the module doc
+            conn.execute(f"PRAGMA journal_size_limit={int(self._wal_limit)}")
             self._write_loop(conn)
         finally:
             conn.close()
@@ -444,18 +441,22 @@ class Database:
         self.grouped_writes += len(batch)
         _resolve_batch(batch)
         self._wal.poke()
-        if self._wal.wal_frames >= self._wal_limit or self._wal.stalled():
+        if self._wal.stalled() or self._wal_size() > self._wal_limit:
             self._writer_checkpoint(conn)
+
+    def _wal_size(self) -> int:
+        try:
+            return self._wal_path.stat().st_size
+        except OSError:
+            return 0
 
     def _writer_checkpoint(self, conn: sqlite3.Connection) -> None:
         """The WAL outgrew the background thread: copy it now, after the group's callers were answered."""
         try:
-            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             log.warning("store checkpoint failed", extra={"error": str(exc)})
             return
-        # All copied: the next BEGIN starts the WAL over, so it is as good as empty.
-        self._wal.wal_frames = 0 if not busy and copied == frames else max(0, int(frames))
         self.writer_checkpoints += 1
 
     def _fail_all(self, batch: list[_Job], error: BaseException) -> None:

@@ -61,6 +61,14 @@ SIGNATURE_FIELD = 256
 _MARKERS = {ED25519: b"ED25519:", ECDSA_P256: b"ECDSAP256:"}
 
 
+# The reference's SecureBlockType members by FourCC, with the names its writer puts in provenance
+# actions (``add_<name>_block``; any other type is ``unknown``, and its manifest helpers reject it).
+REFERENCE_TYPE_NAMES = {
+    "TEXT": "text", "EMBD": "embeddings", "IMAG": "image", "AUDI": "audio", "VIDE": "video",
+    "KNOW": "knowledge", "BINA": "binary", "META": "metadata",
+}
+
+
 def fourcc_to_int(fourcc: str) -> int:
     return int.from_bytes(fourcc.encode("ascii"), "big")
 
@@ -275,7 +283,7 @@ def encode_file(blocks: Sequence[BlockSpec], *, identity: FileIdentity, sign: Ca
         offset += header.size
         hashes.append(chash)
         prev = chash
-        kind = spec.fourcc.strip().lower() or "unknown"
+        kind = REFERENCE_TYPE_NAMES.get(spec.fourcc, "unknown")
         provenance.append(_provenance_entry(
             sign, timestamp=spec.ts_us, identity=identity, action=f"add_{kind}_block", block_hash=chash.hex(),
             previous=provenance[-1]["entry_hash"], position=len(provenance),

@@ -15,16 +15,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.store.blocklog import MAX_PAYLOAD_BYTES, Block, BlockInput, VerifyReport, check_fourcc
+from daemon.store.blocklog import (
+    FILE_TYPE_KEY,
+    FLAG_ENCRYPTED,
+    MAX_PAYLOAD_BYTES,
+    Block,
+    BlockInput,
+    VerifyReport,
+    canonical_metadata,
+    check_fourcc,
+)
 from daemon.store.errors import InvalidInputError, MaifFormatError, StoreError, VerificationError
 from daemon.store.maif_file import (
+    BLOCK_HEADER_SIZE,
+    REFERENCE_TYPE_NAMES,
     BlockSpec,
     FileIdentity,
     FileVerification,
+    MaifBlock,
     decode_file,
     encode_file,
     verify_file,
 )
+from daemon.store.signing import ED25519, Signer
 
 # Upper bound on a MAIF file we will read into memory (import and file verification).
 MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024
@@ -64,13 +77,27 @@ def _read_bounded(path: Path) -> bytes:
 
 
 async def export(
-    store: object, out_path: str | Path, since: float | None = None, *, progress: Progress | None = None
+    store: object, out_path: str | Path, since: float | None = None, *, progress: Progress | None = None,
+    signer: Signer | None = None,
 ) -> ExportResult:
-    """Write the block log (blocks with ``ts >= since`` when given) as a signed MAIF file."""
+    """Write the block log (blocks with ``ts >= since`` when given) as a signed MAIF file.
+
+    The file is signed by ``signer`` (default: the store's), which must be an Ed25519 key: the
+    reference reader loads no other kind and would verify nothing. A block whose type the reference
+    does not know (``LIFE``, ``SENS``, ``AUDT``, ``OUTB``, …) is written as ``BINA`` with its FourCC
+    under ``FILE_TYPE_KEY`` in its metadata, since the reference's manifest helpers reject unknown
+    types; ``import_file`` puts it back.
+    """
     from daemon.store import Store  # noqa: PLC0415 - avoid a cycle: the package imports this module
 
     if not isinstance(store, Store):
         raise TypeError("export needs a Store")
+    signer = store.signer if signer is None else signer
+    if signer.algorithm != ED25519:
+        raise InvalidInputError(
+            f"MAIF files are signed with Ed25519, the only key the reference reader loads; this signer is"
+            f" {signer.algorithm} (export with the node's Ed25519 key file, as `mycoedge maif export` does)"
+        )
     report = await store.blocks.verify(progress)
     if not report.ok:
         raise VerificationError(report.first_bad or 0, f"store chain does not verify: {report.reason}")
@@ -84,7 +111,6 @@ async def export(
         blocks.extend(page)
         after = page[-1].seq
     now_us = int(store.clock() * 1_000_000)
-    signer = store.signer
     identity = FileIdentity(
         agent_id=f"mycoedge-{signer.key_id}", agent_did=f"did:maif:mycoedge-{signer.key_id}",
         file_id=uuid.uuid4().bytes, creator_id=uuid.UUID(int=int(signer.key_id, 16)).bytes,
@@ -93,8 +119,10 @@ async def export(
     )
     specs = [
         BlockSpec(
-            fourcc=b.fourcc, flags=b.flags, ts_us=b.ts_us, block_id=b.block_id, data=b.payload,
-            metadata=b.metadata_dict or None,
+            fourcc=b.fourcc if b.fourcc in REFERENCE_TYPE_NAMES else "BINA", flags=b.flags, ts_us=b.ts_us,
+            block_id=b.block_id, data=b.payload,
+            metadata=(b.metadata_dict if b.fourcc in REFERENCE_TYPE_NAMES
+                      else {**b.metadata_dict, FILE_TYPE_KEY: b.fourcc}) or None,
             provenance={"seq": b.seq, "chain_hash": b.chain_hash.hex()},
         )
         for b in blocks
@@ -127,6 +155,34 @@ async def verify(target: object, progress: Progress | None = None) -> VerifyRepo
     raise TypeError("verify needs a Store or a path")
 
 
+def _import_item(index: int, block: MaifBlock, signed_here: bool) -> BlockInput:
+    """A verified file block as the log will hold it; a ``MaifFormatError`` at its offset if it cannot be."""
+    fourcc, metadata = block.fourcc, block.metadata
+    meta_offset = block.offset + BLOCK_HEADER_SIZE + len(block.data)
+    if fourcc == "BINA" and metadata is not None and FILE_TYPE_KEY in metadata:
+        metadata = dict(metadata)
+        fourcc = metadata.pop(FILE_TYPE_KEY)
+        if not isinstance(fourcc, str) or fourcc in REFERENCE_TYPE_NAMES:
+            raise MaifFormatError(meta_offset, f"block {index}: {FILE_TYPE_KEY!r} must name a non-reference FourCC")
+        metadata = metadata or None
+    try:
+        fourcc = check_fourcc(fourcc)
+    except InvalidInputError as exc:
+        raise MaifFormatError(block.offset + 4, f"block {index}: {exc}") from exc
+    try:
+        canonical_metadata(metadata)
+    except InvalidInputError as exc:  # e.g. NaN, which the reference writes and our log refuses
+        raise MaifFormatError(meta_offset, f"block {index}: {exc}") from exc
+    if len(block.data) > MAX_PAYLOAD_BYTES:
+        raise MaifFormatError(block.offset, f"block {index}: payload exceeds {MAX_PAYLOAD_BYTES} bytes")
+    if block.header.flags & FLAG_ENCRYPTED and not signed_here:
+        # Our ciphertext format under a key we hold is the only encryption this log can read back.
+        raise MaifFormatError(
+            block.offset + 8, f"block {index} is marked encrypted by a signer this node has never used"
+        )
+    return BlockInput(fourcc, block.data, metadata, block.header.block_id, block.header.timestamp, encrypt=False)
+
+
 async def import_file(store: object, path: str | Path) -> ImportResult:
     """Append a verified MAIF file's blocks to the log (keeping ids, types, times, metadata, payloads)."""
     from daemon.store import Store  # noqa: PLC0415 - avoid a cycle
@@ -139,16 +195,9 @@ async def import_file(store: object, path: str | Path) -> ImportResult:
     if not checked.ok:
         raise VerificationError(checked.first_bad if checked.first_bad is not None else -1,
                                 f"{path}: {checked.reason}")
-    items: list[BlockInput] = []
-    for i, block in enumerate(parsed.blocks):
-        try:
-            fourcc = check_fourcc(block.fourcc)
-        except InvalidInputError as exc:
-            raise MaifFormatError(block.offset + 4, f"block {i}: {exc}") from exc
-        if len(block.data) > MAX_PAYLOAD_BYTES:
-            raise MaifFormatError(block.offset, f"block {i}: payload exceeds {MAX_PAYLOAD_BYTES} bytes")
-        items.append(BlockInput(fourcc, block.data, block.metadata, block.header.block_id, block.header.timestamp,
-                                encrypt=False))
+    ours = await store.db.read(lambda c: {bytes(k).hex() for (k,) in c.execute("SELECT public_key FROM signers")})
+    signed_here = str(parsed.security.get("public_key", "")).lower() in ours
+    items = [_import_item(i, block, signed_here) for i, block in enumerate(parsed.blocks)]
     known = await store.blocks.known_ids([b.block_id for b in items if b.block_id is not None])
     fresh = [b for b in items if b.block_id not in known]
     flags = {b.header.block_id: b.header.flags for b in parsed.blocks}

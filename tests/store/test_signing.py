@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from daemon.store import Ed25519Signer, Signer, Store, export, verify
-from daemon.store.errors import KeyFileError
+from daemon.store.errors import InvalidInputError, KeyFileError
 from daemon.store.signing import ECDSA_P256, key_id_for, load_encryption_key, verify_signature
 
 
@@ -39,13 +39,17 @@ class EcdsaSigner:
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-async def test_ecdsa_signer_plugs_into_the_log_and_exports(tmp_path: Path) -> None:
+async def test_ecdsa_signer_plugs_into_the_log_and_files_are_signed_with_ed25519(tmp_path: Path) -> None:
     signer = EcdsaSigner()
     assert isinstance(signer, Signer)
     async with Store(tmp_path / "e.db", signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
         await store.append_block("LIFE", b"attested boot")
         assert (await store.verify_blocks()).ok
-        await export(store, tmp_path / "e.maif")
+        # The MAIF reference reader loads Ed25519 keys only: a file signed with this key would verify nothing.
+        with pytest.raises(InvalidInputError, match="Ed25519"):
+            await export(store, tmp_path / "e.maif")
+        assert not (tmp_path / "e.maif").exists()
+        await export(store, tmp_path / "e.maif", signer=Ed25519Signer.generate())
     assert (await verify(tmp_path / "e.maif")).ok
 
 
