@@ -19,6 +19,8 @@ from daemon.store.maif_file import (
     decode_file,
     encode_file,
 )
+from tests.store.test_maif_file import _file as sample_file
+from tests.store.test_maif_file import as_version_2_1
 
 BLOCKS = [
     ("LIFE", b"boot", {"stage": "ready"}), ("SENS", b"\x01\x02", None), ("TEXT", b"note", {"lang": "en"}),
@@ -111,3 +113,11 @@ async def test_encrypted_blocks_are_taken_only_from_a_signer_of_this_node(
     own.write_bytes(_one_block_file(signer, flags=FLAG_ENCRYPTED))
     assert (await import_file(store, own)).imported == 1
     assert (await store.blocks.list_blocks())[0].encrypted
+
+
+async def test_a_version_2_1_file_from_another_writer_imports(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "v21.maif"
+    path.write_bytes(as_version_2_1(sample_file(3)))
+    result = await import_file(store, path)
+    assert (result.blocks_in_file, result.imported) == (3, 3)
+    assert (await store.verify_blocks()).ok
