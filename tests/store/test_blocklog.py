@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daemon.store import Ed25519Signer, Store, export, import_file, verify
 from daemon.store.blocklog import BLOCK_COLUMNS, BlockInput, _uuid7_many
-from daemon.store.errors import DecryptionError, InvalidInputError, VerificationError
+from daemon.store.errors import DecryptionError, InvalidInputError, StoreError, VerificationError
 from daemon.store.maif_file import decode_file
 
 
@@ -302,3 +302,57 @@ async def test_a_value_of_another_type_or_length_fails_its_block_without_crashin
         reports = [await store.blocks.verify(workers=1), await store.blocks.verify(workers=2, parallel_from=1)]
     for report in reports:
         assert not report.ok and report.first_bad == 3, (column, expr, report)
+
+
+def _logical_content(path: Path) -> list[object]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.text_factory = bytes
+    try:
+        return [
+            conn.execute(f"SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY seq").fetchall(),
+            conn.execute(
+                "SELECT chain, upto_seq, head_hash, key_id, signature FROM checkpoints ORDER BY id"
+            ).fetchall(),
+            conn.execute("SELECT key_id, algorithm, public_key FROM signers ORDER BY key_id").fetchall(),
+        ]
+    finally:
+        conn.close()
+
+
+async def test_every_byte_flip_in_the_block_page_of_the_file_is_detected_or_changes_nothing(
+    tmp_path: Path, signer: Ed25519Signer
+) -> None:
+    """Storage-level tampering: flip each byte of the page that holds the blocks, in the database file
+    itself. The store must refuse to open, or its verification must fail, unless the byte was unused
+    (the rows read back exactly as before)."""
+    original = tmp_path / "orig.db"
+    async with Store(original, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        await store.append_blocks(
+            [BlockInput(f, bytes([i]) * 300, {"i": i}) for i, f in enumerate(["TEXT", "SENS", "LIFE"])]
+        )
+    conn = sqlite3.connect(original)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'blocks'").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    image = original.read_bytes()
+    expected = _logical_content(original)
+    path = tmp_path / "t.db"
+    detected = unused = 0
+    for offset in range((root - 1) * page_size, root * page_size):
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        mutated = bytearray(image)
+        mutated[offset] ^= 0x01
+        path.write_bytes(mutated)
+        try:
+            async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0, integrity_check="quick") as store:
+                ok = (await store.verify_blocks()).ok
+        except StoreError:
+            ok = False
+        if not ok:
+            detected += 1
+            continue
+        assert _logical_content(path) == expected, f"byte {offset} of the file changed a block unnoticed"
+        unused += 1
+    assert detected > 1000 and detected + unused == page_size
