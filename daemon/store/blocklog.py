@@ -586,9 +586,12 @@ class BlockLog:
             def run(conn: sqlite3.Connection, after: int = after) -> VerifyReport | None:
                 conn.text_factory = lenient_text  # the reader thread runs one job at a time
                 try:
+                    # Bounded by the last seq read with the checkpoints: blocks appended since are not
+                    # this verification's, and their checkpoints were not loaded.
                     return state.walk(
                         conn.execute(
-                            f"SELECT {WALK_COLUMNS} FROM blocks WHERE seq > ? ORDER BY seq LIMIT ?", (after, batch)  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                            f"SELECT {WALK_COLUMNS} FROM blocks WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",  # noqa: S608 - only fixed column names and ? placeholders are interpolated
+                            (after, total, batch),
                         )
                     )
                 finally:
@@ -598,7 +601,7 @@ class BlockLog:
             if report is not None:
                 return report
             if progress is not None:
-                progress(state.checked, max(total, state.checked))
+                progress(state.checked, total)
             if state.seq == after:
                 return state.finish()
 

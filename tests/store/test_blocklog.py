@@ -356,3 +356,26 @@ async def test_every_byte_flip_in_the_block_page_of_the_file_is_detected_or_chan
         assert _logical_content(path) == expected, f"byte {offset} of the file changed a block unnoticed"
         unused += 1
     assert detected > 1000 and detected + unused == page_size
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_appends_during_verification_do_not_fail_it(store: Store, workers: int) -> None:
+    await store.append_blocks([BlockInput("BINA", bytes([i % 256]) * 64) for i in range(3000)])
+    stop = asyncio.Event()
+
+    async def keep_appending() -> int:
+        n = 0
+        while not stop.is_set():
+            await store.append_block("SENS", b"live reading")
+            n += 1
+        return n
+
+    writer = asyncio.create_task(keep_appending())
+    try:
+        reports = [await store.blocks.verify(batch=500, workers=workers, parallel_from=1) for _ in range(3)]
+    finally:
+        stop.set()
+        appended = await writer
+    assert appended > 0
+    assert all(r.ok for r in reports), reports
+    assert (await store.verify_blocks()).ok
