@@ -102,10 +102,13 @@ async def export(
     if not report.ok:
         raise VerificationError(report.first_bad or 0, f"store chain does not verify: {report.reason}")
     since_us = None if since is None else int(since * 1_000_000)
+    # Only what was just verified: the chain is contiguous from seq 1, so that is seqs 1..checked.
+    verified_to = report.checked
     blocks: list[Block] = []
     after = 0
     while True:
-        page = await store.blocks.list_blocks(after_seq=after, limit=5000, since_us=since_us)
+        page = [b for b in await store.blocks.list_blocks(after_seq=after, limit=5000, since_us=since_us)
+                if b.seq <= verified_to]
         if not page:
             break
         blocks.extend(page)
