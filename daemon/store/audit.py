@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from daemon.store.blocklog import ZERO_HASH, ChainHead, Checkpointer, VerifyReport, _load_checkpoints
+from daemon.store.blocklog import ZERO_HASH, ChainHead, Checkpointer, VerifyReport, _ChainWalk, _load_checkpoints
 from daemon.store.errors import InvalidInputError
 from daemon.store.outbox import enqueue
 
@@ -154,8 +154,6 @@ class AuditLog:
         checkpoints, signers = await self._db.read(_load_checkpoints("audit"))
 
         def run(conn: sqlite3.Connection) -> VerifyReport:
-            from daemon.store.blocklog import _ChainWalk  # noqa: PLC0415 - shares the checkpoint logic
-
             walk = _ChainWalk(checkpoints, signers, chain="audit")
             prev = ZERO_HASH
             expected = 1

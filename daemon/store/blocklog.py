@@ -94,31 +94,8 @@ def content_hash(payload: bytes, metadata_json: bytes) -> bytes:
     return digest
 
 
-def chain_hash(  # noqa: PLR0917 - mirrors the fields of a fixed record layout
-    prev_hash: bytes, seq: int, block_id: bytes, fourcc: str, flags: int, ts_us: int, payload: bytes, metadata: bytes
-) -> bytes:
-    header = _HEADER.pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(metadata))
-    return hashlib.sha256(prev_hash + header + payload + metadata).digest()
-
-
 def checkpoint_message(chain: str, upto_seq: int, head_hash: bytes) -> bytes:
     return _CKPT_DOMAIN + chain.encode() + b"\x00" + struct.pack(">Q", upto_seq) + head_hash
-
-
-def uuid7_bytes(unix_ms: int) -> bytes:
-    """A time-ordered UUID (RFC 9562 §5.7, version 7) as 16 bytes.
-
-    The MAIF reference treats block ids as opaque 16-byte UUIDs; version 7 keeps ids of new blocks
-    near the end of the block-id index, so inserting them does not touch random index pages.
-    """
-    return _uuid7(unix_ms.to_bytes(6, "big"), os.urandom(10))
-
-
-def _uuid7(time48: bytes, random80: bytes) -> bytes:
-    raw = bytearray(time48 + random80)
-    raw[6] = (raw[6] & 0x0F) | 0x70
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return bytes(raw)
 
 
 _UUID_VERSION = bytes((b & 0x0F) | 0x70 for b in range(256))
@@ -126,7 +103,11 @@ _UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
 def _uuid7_many(time48: bytes, count: int) -> list[bytes]:
-    """``count`` version-7 ids sharing one millisecond, from one ``os.urandom`` call.
+    """``count`` time-ordered UUIDs (RFC 9562 §5.7, version 7) sharing one millisecond, as 16 bytes each.
+
+    The MAIF reference treats block ids as opaque 16-byte UUIDs; version 7 keeps ids of new blocks
+    near the end of the block-id index, so inserting them does not touch random index pages. The
+    random parts come from one ``os.urandom`` call.
 
     The version and variant bits are set for all of them at once with two strided translations, which
     costs a third of building each id on its own (this runs once per appended block)."""
@@ -355,7 +336,7 @@ class BlockLog:
         The rows are inserted by ``flush`` just before the group COMMIT, with one ``executemany`` for
         every block of the group; a job therefore either stages all of its blocks or raises before
         staging any, and the only failures left for ``flush`` are I/O errors, which fail the group.
-        Ids given by a caller are looked up first; ``generated_ids`` (all made here by ``uuid7_bytes``,
+        Ids given by a caller are looked up first; ``generated_ids`` (all made here by ``_uuid7_many``,
         74 random bits each) skips that lookup, one query per block: a collision would still be refused
         by the UNIQUE constraint at flush and fail its group loudly, never overwrite a block.
         """
@@ -372,7 +353,7 @@ class BlockLog:
         sha256, pack = hashlib.sha256, _HEADER.pack
         for block_id, fourcc, flags, ts_us, meta, payload in prepared:
             seq += 1
-            # chain_hash(), inlined: this loop runs once per appended block on the writer thread.
+            # The chain hash (module docstring), fed in three parts: this runs once per appended block.
             hasher = sha256(prev + pack(seq, block_id, fourcc.encode("ascii"), flags, ts_us, len(payload), len(meta)))
             hasher.update(payload)
             hasher.update(meta)

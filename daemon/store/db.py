@@ -171,8 +171,6 @@ class _WalCheckpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending_since: float | None = None
-        self.checkpoints = 0
-        self.errors = 0
 
     def start(self) -> None:
         self._stopping.clear()
@@ -212,10 +210,7 @@ class _WalCheckpointer:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
-                    self.errors += 1
                     log.warning("store checkpoint failed", extra={"error": str(exc)})
-                    continue
-                self.checkpoints += 1
         finally:
             conn.close()
 
