@@ -1,10 +1,11 @@
 """The block-log chain walk, and the worker process that runs it over one range of the log.
 
-A worker is started as ``python -I <this file>`` by ``BlockLog.verify``. It imports the standard
-library only and is started by path, not as ``daemon.store.verify_worker``, so it neither imports the
-store package (cryptography, sqlite-vec) nor costs more than ~25 ms to start: with one range per
-worker, two workers on two cores verify a log in a little over half the time one thread takes,
-which one thread cannot (fetching a row into Python costs more than hashing it).
+A worker is started as ``python -I -S <this file>`` by ``BlockLog.verify``. It imports a few
+standard modules only and is started by path, not as ``daemon.store.verify_worker``, so it neither
+imports the store package (cryptography, sqlite-vec) nor costs more than ~16 ms to start. The
+parent walks the first range itself in a thread (``walk_range``) while one worker per other range
+starts, so two cores verify a log in a little over half the time one thread takes, which one
+thread cannot (fetching a row into Python costs more than hashing it).
 
 A worker recomputes every chain hash of its range and checks that each checkpoint of the range names
 the chain hash it computed at that seq. It holds no key and checks no signature: the parent, which has
@@ -21,9 +22,13 @@ import json
 import sqlite3
 import struct
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+
+# Not ``typing.TYPE_CHECKING``: importing typing and dataclasses would add a third to a worker's
+# ~16 ms start, which is paid once per range before any block is checked.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Iterable, Mapping
+    from typing import Any
 
 ZERO_HASH = b"\x00" * 32
 # A worker reports progress after this many blocks (a few times a second).
@@ -49,22 +54,25 @@ def lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-@dataclass(slots=True)
 class WalkState:
     """Where a walk stands: the last chain hash, the seq it expects next and how many blocks passed."""
 
-    prev: bytes = ZERO_HASH
-    expected_seq: int = 1
-    checked: int = 0
+    __slots__ = ("checked", "expected_seq", "prev")
+
+    def __init__(self, prev: bytes = ZERO_HASH, expected_seq: int = 1, checked: int = 0) -> None:
+        self.prev, self.expected_seq, self.checked = prev, expected_seq, checked
 
 
-@dataclass(frozen=True, slots=True)
 class WalkFailure:
     """The first block that does not belong where it is, and why."""
 
-    seq: int
-    block_id: str | None
-    reason: str
+    __slots__ = ("block_id", "reason", "seq")
+
+    def __init__(self, seq: int, block_id: str | None, reason: str) -> None:
+        self.seq, self.block_id, self.reason = seq, block_id, reason
+
+    def __repr__(self) -> str:
+        return f"WalkFailure(seq={self.seq!r}, block_id={self.block_id!r}, reason={self.reason!r})"
 
 
 def walk_rows(rows: Iterable[Any], state: WalkState, heads: Mapping[int, Collection[bytes]]) -> WalkFailure | None:
