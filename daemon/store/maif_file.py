@@ -9,7 +9,8 @@ Layout (all integers big-endian)::
     block index   per block ">QQII" (offset, size, type, flags)
     footer        48 bytes ">4sQ32sI": magic "FIAM", total size, SHA-256 of everything before the footer
 
-No I/O happens here: ``encode_file`` takes a signing callable and explicit times, ``decode_file`` takes
+No I/O happens here beyond the file object a caller hands in: ``MaifWriter`` writes to one
+(``encode_file`` to memory) and takes a signing callable and explicit times; ``decode_file`` takes
 bytes. Every decoding failure is a ``MaifFormatError`` naming the byte offset where it was found; no
 length read from the file is used to allocate anything, only to slice the input.
 """
@@ -17,11 +18,14 @@ length read from the file is used to allocate anything, only to slice the input.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import shutil
 import struct
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, BinaryIO
 
 from daemon.store.errors import MaifFormatError
 from daemon.store.signing import ECDSA_P256, ED25519, verify_signature
@@ -245,78 +249,129 @@ def _provenance_entry(
     }
 
 
-def encode_file(blocks: Sequence[BlockSpec], *, identity: FileIdentity, sign: Callable[[bytes], bytes]) -> bytes:
-    """A complete MAIF file: every block signed, chained by content hash, provenance and footer."""
-    out: list[bytes] = []
-    index: list[bytes] = []
-    hashes: list[bytes] = []
-    prev = b"\x00" * 32
-    offset = FILE_HEADER_SIZE
-    provenance = [
-        _provenance_entry(
-            sign, timestamp=identity.created_us, identity=identity, action="genesis",
+class MaifWriter:
+    """Writes a MAIF file block by block, so an export never holds the log in memory.
+
+    The header names the block count, the section offsets and the Merkle root, which are known only
+    at the end, and the footer's checksum covers that header: ``finish`` writes the header over the
+    zeros ``__init__`` left, then reads the file back once to checksum it. What stays in memory is
+    32 + 24 bytes a block (content hash and index entry); the provenance entries, ~600 bytes a block,
+    are spooled to a temporary file. ``out`` must be readable, writable and seekable, positioned at 0.
+    """
+
+    def __init__(self, out: BinaryIO, *, identity: FileIdentity, sign: Callable[[bytes], bytes]) -> None:
+        self._out, self._identity, self._sign = out, identity, sign
+        self._index: list[bytes] = []
+        self._hashes: list[bytes] = []
+        self._prev = b"\x00" * 32
+        self._offset = FILE_HEADER_SIZE
+        self._any_encrypted = False
+        self._provenance = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed in finish
+        self._entries = 0
+        self._last_entry = ""
+        self._finished = False
+        out.write(b"\x00" * FILE_HEADER_SIZE)
+        self._add_provenance(
+            timestamp=identity.created_us, action="genesis",
             block_hash=hashlib.sha256(f"genesis:{identity.agent_id}:{identity.created_us}".encode()).hexdigest(),
-            previous="", position=0,
             metadata={"file_id": identity.file_id.hex(), "creator_id": identity.creator_id.hex(),
                       "format_version": f"{VERSION[0]}.{VERSION[1]}", "key_algorithm": identity.algorithm},
         )
-    ]
-    any_encrypted = False
-    for spec in blocks:
+
+    def _add_provenance(self, *, timestamp: int, action: str, block_hash: str, metadata: dict[str, Any]) -> None:
+        entry = _provenance_entry(
+            self._sign, timestamp=timestamp, identity=self._identity, action=action, block_hash=block_hash,
+            previous=self._last_entry, position=self._entries, metadata=metadata,
+        )
+        # The section is ``json.dumps(list)``: entries joined by ", " inside brackets.
+        self._provenance.write((", " if self._entries else "[").encode() + json.dumps(entry).encode())
+        self._entries += 1
+        self._last_entry = entry["entry_hash"]
+
+    def add(self, spec: BlockSpec) -> None:
+        """Sign and write one block, chained to the previous one by content hash."""
         meta_raw = metadata_bytes(spec.metadata)
         chash = content_hash(spec.data, spec.metadata)
         base = BlockHeader(
             size=BLOCK_HEADER_SIZE + len(spec.data) + len(meta_raw), block_type=fourcc_to_int(spec.fourcc),
             flags=spec.flags & ~_STATUS_FLAGS, version=1, timestamp=spec.ts_us, block_id=spec.block_id,
-            previous_hash=prev, content_hash=chash, signature=b"\x00" * SIGNATURE_FIELD, metadata_size=len(meta_raw),
-            reserved=b"\x00" * 8,
+            previous_hash=self._prev, content_hash=chash, signature=b"\x00" * SIGNATURE_FIELD,
+            metadata_size=len(meta_raw), reserved=b"\x00" * 8,
         )
-        signature = sign(base.signable() + spec.data + meta_raw)
-        header = BlockHeader(
-            base.size, base.block_type, base.flags | BLOCK_SIGNED | BLOCK_IMMUTABLE, base.version, base.timestamp,
-            base.block_id, base.previous_hash, base.content_hash, pad_signature(identity.algorithm, signature),
-            base.metadata_size, base.reserved,
+        signature = self._sign(base.signable() + spec.data + meta_raw)
+        header = replace(
+            base, flags=base.flags | BLOCK_SIGNED | BLOCK_IMMUTABLE,
+            signature=pad_signature(self._identity.algorithm, signature),
         )
-        any_encrypted = any_encrypted or bool(spec.flags & BLOCK_ENCRYPTED)
-        out.append(header.pack() + spec.data + meta_raw)
-        index.append(_INDEX_ENTRY.pack(offset, header.size, header.block_type, header.flags))
-        offset += header.size
-        hashes.append(chash)
-        prev = chash
+        self._any_encrypted = self._any_encrypted or bool(spec.flags & BLOCK_ENCRYPTED)
+        self._out.write(header.pack())
+        self._out.write(spec.data)
+        self._out.write(meta_raw)
+        self._index.append(_INDEX_ENTRY.pack(self._offset, header.size, header.block_type, header.flags))
+        self._offset += header.size
+        self._hashes.append(chash)
+        self._prev = chash
         kind = REFERENCE_TYPE_NAMES.get(spec.fourcc, "unknown")
-        provenance.append(_provenance_entry(
-            sign, timestamp=spec.ts_us, identity=identity, action=f"add_{kind}_block", block_hash=chash.hex(),
-            previous=provenance[-1]["entry_hash"], position=len(provenance),
+        self._add_provenance(
+            timestamp=spec.ts_us, action=f"add_{kind}_block", block_hash=chash.hex(),
             metadata={"block_id": spec.block_id.hex(), "size": len(spec.data), **spec.provenance},
-        ))
-    root = merkle_root(hashes)
-    provenance.append(_provenance_entry(
-        sign, timestamp=identity.modified_us, identity=identity, action="finalize", block_hash=root.hex(),
-        previous=provenance[-1]["entry_hash"], position=len(provenance), metadata={"block_count": len(blocks)},
-    ))
-    prov_raw = json.dumps(provenance).encode()
-    security_raw = json.dumps({
-        "signer_id": identity.agent_id, "signer_did": identity.agent_did, "public_key": identity.public_key.hex(),
-        "key_algorithm": identity.algorithm, "signature_algorithm": identity.algorithm,
-        "signed_at": identity.modified_us,
-    }).encode()
-    provenance_offset = offset
-    security_offset = provenance_offset + _LENGTH.size + len(prov_raw)
-    index_offset = security_offset + _LENGTH.size + len(security_raw)
-    flags = FILE_SIGNED | FILE_FINALIZED | FILE_HAS_PROVENANCE | (FILE_HAS_ENCRYPTION if any_encrypted else 0)
-    unsigned = FileHeader(
-        VERSION[0], VERSION[1], flags, identity.created_us, identity.modified_us, identity.file_id,
-        identity.creator_id, identity.agent_did.encode()[:64].ljust(64, b"\x00"), len(blocks), provenance_offset,
-        security_offset, index_offset, root, b"\x00" * SIGNATURE_FIELD, b"\x00" * 4,
-    )
-    header_sig = pad_signature(identity.algorithm, sign(unsigned.signable()))
-    signed_header = replace(unsigned, file_signature=header_sig)
-    body = b"".join([
-        signed_header.pack(), *out, _LENGTH.pack(len(prov_raw)), prov_raw,
-        _LENGTH.pack(len(security_raw)), security_raw, *index,
-    ])
-    footer = _FOOTER.pack(MAGIC_FOOTER, len(body) + FOOTER_SIZE, hashlib.sha256(body).digest(), 0)
-    return body + footer
+        )
+
+    def finish(self) -> int:
+        """Write provenance, security, index, header and footer; the file's size."""
+        if self._finished:
+            raise ValueError("MaifWriter.finish called twice")
+        self._finished = True
+        identity, out = self._identity, self._out
+        root = merkle_root(self._hashes)
+        self._add_provenance(
+            timestamp=identity.modified_us, action="finalize", block_hash=root.hex(),
+            metadata={"block_count": len(self._hashes)},
+        )
+        self._provenance.write(b"]")
+        prov_len = self._provenance.tell()
+        self._provenance.seek(0)
+        out.write(_LENGTH.pack(prov_len))
+        shutil.copyfileobj(self._provenance, out)
+        self._provenance.close()
+        security_raw = json.dumps({
+            "signer_id": identity.agent_id, "signer_did": identity.agent_did, "public_key": identity.public_key.hex(),
+            "key_algorithm": identity.algorithm, "signature_algorithm": identity.algorithm,
+            "signed_at": identity.modified_us,
+        }).encode()
+        out.write(_LENGTH.pack(len(security_raw)))
+        out.write(security_raw)
+        out.writelines(self._index)
+        provenance_offset = self._offset
+        security_offset = provenance_offset + _LENGTH.size + prov_len
+        index_offset = security_offset + _LENGTH.size + len(security_raw)
+        flags = FILE_SIGNED | FILE_FINALIZED | FILE_HAS_PROVENANCE | (FILE_HAS_ENCRYPTION if self._any_encrypted else 0)
+        unsigned = FileHeader(
+            VERSION[0], VERSION[1], flags, identity.created_us, identity.modified_us, identity.file_id,
+            identity.creator_id, identity.agent_did.encode()[:64].ljust(64, b"\x00"), len(self._hashes),
+            provenance_offset, security_offset, index_offset, root, b"\x00" * SIGNATURE_FIELD, b"\x00" * 4,
+        )
+        header_sig = pad_signature(identity.algorithm, self._sign(unsigned.signable()))
+        body_size = out.tell()
+        out.seek(0)
+        out.write(replace(unsigned, file_signature=header_sig).pack())
+        out.seek(0)
+        checksum = hashlib.sha256()
+        while chunk := out.read(min(1 << 20, body_size - out.tell())):
+            checksum.update(chunk)
+        out.seek(body_size)
+        out.write(_FOOTER.pack(MAGIC_FOOTER, body_size + FOOTER_SIZE, checksum.digest(), 0))
+        return body_size + FOOTER_SIZE
+
+
+def encode_file(blocks: Sequence[BlockSpec], *, identity: FileIdentity, sign: Callable[[bytes], bytes]) -> bytes:
+    """A complete MAIF file in memory: every block signed, chained by content hash, provenance and footer."""
+    buffer = io.BytesIO()
+    writer = MaifWriter(buffer, identity=identity, sign=sign)
+    for spec in blocks:
+        writer.add(spec)
+    writer.finish()
+    return buffer.getvalue()
 
 
 def _json_section(data: bytes, offset: int, end: int, name: str) -> tuple[Any, int]:

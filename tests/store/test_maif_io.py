@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
 import pytest
 
-from daemon.store import BlockInput, Ed25519Signer, Store, export, import_file, verify
+from daemon.store import BlockInput, Ed25519Signer, Store, export, import_file, maif_io, verify
 from daemon.store.blocklog import FILE_TYPE_KEY, FLAG_ENCRYPTED
 from daemon.store.errors import InvalidInputError, MaifFormatError
 from daemon.store.maif_file import (
@@ -16,6 +17,7 @@ from daemon.store.maif_file import (
     REFERENCE_TYPE_NAMES,
     BlockSpec,
     FileIdentity,
+    MaifWriter,
     decode_file,
     encode_file,
 )
@@ -121,3 +123,45 @@ async def test_a_version_2_1_file_from_another_writer_imports(store: Store, tmp_
     result = await import_file(store, path)
     assert (result.blocks_in_file, result.imported) == (3, 3)
     assert (await store.verify_blocks()).ok
+
+
+async def test_an_export_written_page_by_page_holds_every_block_once_in_order(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maif_io, "EXPORT_PAGE", 4)
+    await store.append_blocks([BlockInput(f, p + bytes([i]), m, encrypt=False) for i, (f, p, m) in
+                               enumerate(BLOCKS * 3)])  # 18 blocks: four full pages and a part
+    out = tmp_path / "paged.maif"
+    result = await export(store, out)
+    parsed = decode_file(out.read_bytes())
+    mine = await store.blocks.list_blocks()
+    assert result.blocks == len(parsed.blocks) == len(mine) == 18
+    assert result.bytes == out.stat().st_size
+    assert [(b.header.block_id, b.data) for b in parsed.blocks] == [(b.block_id, b.payload) for b in mine]
+    assert [e["metadata"].get("seq") for e in parsed.provenance[1:-1]] == list(range(1, 19))
+    assert (await verify(out)).ok
+    assert sorted(p.name for p in await asyncio.to_thread(tmp_path.iterdir) if "maif" in p.name) == ["paged.maif"]
+
+
+async def test_an_export_that_fails_midway_leaves_neither_the_file_nor_its_temporary(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maif_io, "EXPORT_PAGE", 2)
+    await store.append_blocks([BlockInput("TEXT", bytes([i]), None, encrypt=False) for i in range(6)])
+    calls = 0
+    real_add = MaifWriter.add
+
+    def failing_add(self: MaifWriter, spec: BlockSpec) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise OSError(28, "No space left on device")
+        real_add(self, spec)
+
+    monkeypatch.setattr(MaifWriter, "add", failing_add)
+    (tmp_path / "exports").mkdir()
+    out = tmp_path / "exports" / "full.maif"
+    with pytest.raises(OSError, match="No space"):
+        await export(store, out)
+    assert calls == 4
+    assert list((tmp_path / "exports").iterdir()) == []
