@@ -484,6 +484,13 @@ def verify_file(
         parsed = decode_file(data)
     except MaifFormatError as exc:
         return FileVerification(False, 0, None, None, str(exc))
+    return verify_decoded(parsed, data, progress, every=every)
+
+
+def verify_decoded(
+    parsed: MaifFile, data: bytes, progress: Callable[[int, int], None] | None = None, *, every: int = 1000
+) -> FileVerification:
+    """``verify_file`` for a file already decoded from ``data``: an import decodes once, not twice."""
     algorithm = str(parsed.security.get("key_algorithm", ED25519))
     try:
         public_key = bytes.fromhex(str(parsed.security.get("public_key", "")))
@@ -517,7 +524,9 @@ def verify_file(
     raw_header_sig = unpad_signature(algorithm, parsed.header.file_signature)
     if raw_header_sig is None or not verify_signature(algorithm, public_key, parsed.header.signable(), raw_header_sig):
         return FileVerification(False, total, None, None, "file header signature does not verify")
-    if hashlib.sha256(data[: parsed.size - FOOTER_SIZE]).digest() != parsed.checksum:
+    with memoryview(data) as view:  # hashed in place: a slice would copy the whole file
+        body_hash = hashlib.sha256(view[: parsed.size - FOOTER_SIZE]).digest()
+    if body_hash != parsed.checksum:
         return FileVerification(False, total, None, None, "footer checksum mismatch")
     if progress is not None:
         progress(total, total)

@@ -34,15 +34,17 @@ from daemon.store.maif_file import (
     FileIdentity,
     FileVerification,
     MaifBlock,
+    MaifFile,
     MaifWriter,
     decode_file,
+    verify_decoded,
     verify_file,
 )
 from daemon.store.signing import ED25519, Signer
 
 # Blocks read from the log per step of an export.
 EXPORT_PAGE = 2000
-# Upper bound on a MAIF file we will read into memory (import and file verification).
+# Upper bound on a MAIF file we read (import and file verification): what import holds is ~3x its size.
 MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024
 
 Progress = Callable[[int, int], None]
@@ -63,11 +65,24 @@ class ImportResult:
 
 
 def _read_bounded(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise MaifFormatError(0, f"file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    """The whole file, read once. Not mapped: a file truncated by another writer while mapped would
+    kill the process with SIGBUS on the next read, where a read file can only fail to decode."""
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise MaifFormatError(0, f"file of {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
         return f.read(MAX_FILE_BYTES + 1)
+
+
+def _verify_path(path: Path, progress: Progress | None) -> FileVerification:
+    return verify_file(_read_bounded(path), progress)
+
+
+def _decode_and_verify(path: Path) -> tuple[MaifFile, FileVerification]:
+    """Decoded once and verified from that: the file, its blocks and nothing twice in memory."""
+    data = _read_bounded(path)
+    parsed = decode_file(data)  # MaifFormatError(offset) when malformed
+    return parsed, verify_decoded(parsed, data)
 
 
 async def export(
@@ -152,8 +167,7 @@ def _finish_file(writer: MaifWriter, out: BinaryIO) -> int:
 
 async def verify_maif_file(path: str | Path, progress: Progress | None = None) -> FileVerification:
     """Verify a MAIF file on disk; the report names the first bad block by index and id."""
-    data = await asyncio.to_thread(_read_bounded, Path(path))
-    return await asyncio.to_thread(verify_file, data, progress)
+    return await asyncio.to_thread(_verify_path, Path(path), progress)
 
 
 async def verify(target: object, progress: Progress | None = None) -> VerifyReport | FileVerification:
@@ -201,9 +215,7 @@ async def import_file(store: object, path: str | Path) -> ImportResult:
 
     if not isinstance(store, Store):
         raise TypeError("import_file needs a Store")
-    data = await asyncio.to_thread(_read_bounded, Path(path))
-    parsed = await asyncio.to_thread(decode_file, data)  # MaifFormatError(offset) when malformed
-    checked = await asyncio.to_thread(verify_file, data)
+    parsed, checked = await asyncio.to_thread(_decode_and_verify, Path(path))
     if not checked.ok:
         raise VerificationError(checked.first_bad if checked.first_bad is not None else -1,
                                 f"{path}: {checked.reason}")
