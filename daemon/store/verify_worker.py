@@ -145,7 +145,9 @@ def walk_range(
     equals the previous range's last chain hash, which joins the ranges into one chain. ``progress``
     hears the number of blocks checked so far every ``every`` blocks.
     """
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # In a URI filename "?", "#" and "%" end or escape the path (https://www.sqlite.org/uri.html).
+    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    conn = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True)
     conn.text_factory = lenient_text
     try:
         first = conn.execute("SELECT prev_hash FROM blocks WHERE seq = ?", (lo,)).fetchone()

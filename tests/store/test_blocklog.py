@@ -226,6 +226,17 @@ async def test_parallel_verification_joins_ranges_and_names_the_bad_block(
     assert not report.ok and report.first_bad == 151
 
 
+async def test_parallel_verification_opens_a_store_whose_path_has_uri_characters(
+    tmp_path: Path, signer: Ed25519Signer
+) -> None:
+    directory = tmp_path / "node ?#%41 data"
+    directory.mkdir()
+    async with Store(directory / "s.db", signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        await store.append_blocks([BlockInput("BINA", bytes([i])) for i in range(40)])
+        report = await store.blocks.verify(workers=3, parallel_from=1)
+    assert report.ok and report.checked == 40
+
+
 async def test_import_of_a_malformed_file_names_the_offset(store: Store, tmp_path: Path) -> None:
     from daemon.store.errors import MaifFormatError
 
