@@ -59,9 +59,11 @@ async def _run_mycobrain(args: argparse.Namespace) -> None:
         path = args.path if args.count == 1 else None
         if args.dir:
             path = os.path.join(args.dir, f"mycobrain-{i}")
-        # Several boards get distinct vendor prefixes, so distinct device_ids (see device_id_from_mac);
-        # a single board keeps the default MAC 34:85:18:... -> mycobrain-188534.
-        mac = bytes([0x34, 0x85, (0x18 + i) & 0xFF, 0xA0, i & 0xFF, 0x01]) if args.count > 1 else None
+        # Each seed gives a distinct vendor prefix, so boards started with different seeds (in one process
+        # or, as the demo does, one process each) have distinct device_ids (see device_id_from_mac);
+        # seed 0 is the default MAC 34:85:18:... -> mycobrain-188534.
+        n = args.seed + i
+        mac = bytes([0x34, 0x85, (0x18 + n) & 0xFF, 0xA0, n & 0xFF, 0x01]) if n else None
         stubs.append(MycoBrainStub(side=args.side, path=path, rate_hz=args.rate, seed=args.seed + i, mac=mac,
                                    faults=faults, boot_delay_s=args.boot_delay,
                                    boot_hello=not args.no_boot_hello, legacy=args.legacy))

@@ -190,3 +190,28 @@ async def test_cli_prints_the_port_path_and_runs_until_stopped() -> None:
 
 def is_link(path: str) -> bool:
     return os.path.islink(path)
+
+
+async def test_boards_started_with_different_seeds_have_different_device_ids() -> None:
+    """The demo starts one stub process per board, each with its own seed: a shared id would make the
+    daemon qualify one board's id as a collision on every start."""
+    ids: list[str] = []
+    for seed in ("0", "1", "2"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firmware_stubs", "mycobrain", "--side", "a", "--seed", seed,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            host = RawHost((await proc.stdout.readline()).decode().strip())
+            try:
+                host.command(5, "hello", {})
+                await until(lambda host=host: bool(host.answers(5)))  # type: ignore[misc]
+                ids.append(host.answers(5)[0].json()["device_id"])
+            finally:
+                host.close()
+        finally:
+            proc.terminate()
+            assert await proc.wait() == 0
+    assert ids[0] == "mycobrain-188534"
+    assert len(set(ids)) == 3
