@@ -266,7 +266,7 @@ class MaifWriter:
         self._prev = b"\x00" * 32
         self._offset = FILE_HEADER_SIZE
         self._any_encrypted = False
-        self._provenance = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed in finish
+        self._provenance = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - closed by close()
         self._entries = 0
         self._last_entry = ""
         self._finished = False
@@ -317,6 +317,10 @@ class MaifWriter:
             metadata={"block_id": spec.block_id.hex(), "size": len(spec.data), **spec.provenance},
         )
 
+    def close(self) -> None:
+        """Drop the provenance spool of a file that will not be finished (``finish`` closes it too)."""
+        self._provenance.close()
+
     def finish(self) -> int:
         """Write provenance, security, index, header and footer; the file's size."""
         if self._finished:
@@ -333,7 +337,7 @@ class MaifWriter:
         self._provenance.seek(0)
         out.write(_LENGTH.pack(prov_len))
         shutil.copyfileobj(self._provenance, out)
-        self._provenance.close()
+        self.close()
         security_raw = json.dumps({
             "signer_id": identity.agent_id, "signer_did": identity.agent_did, "public_key": identity.public_key.hex(),
             "key_algorithm": identity.algorithm, "signature_algorithm": identity.algorithm,

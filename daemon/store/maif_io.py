@@ -131,6 +131,7 @@ async def export(
     # Written a page at a time: memory stays at a page of blocks plus 56 bytes a block (see MaifWriter),
     # where building the file in memory took ~4.5 times its size.
     out = await asyncio.to_thread(open, tmp, "w+b")
+    writer: MaifWriter | None = None
     try:
         writer = await asyncio.to_thread(MaifWriter, out, identity=identity, sign=signer.sign)
         count = 0
@@ -142,6 +143,8 @@ async def export(
         out.close()
         os.replace(tmp, path)
     except BaseException:
+        if writer is not None:
+            writer.close()
         out.close()
         tmp.unlink(missing_ok=True)
         raise
