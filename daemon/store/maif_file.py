@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -378,22 +379,105 @@ def encode_file(blocks: Sequence[BlockSpec], *, identity: FileIdentity, sign: Ca
     return buffer.getvalue()
 
 
-def _json_section(data: bytes, offset: int, end: int, name: str) -> tuple[Any, int]:
+def _section_bounds(data: bytes, offset: int, end: int, name: str) -> tuple[int, int]:
+    """Where a ``u32 length || JSON`` section's text starts and ends."""
     if offset < FILE_HEADER_SIZE or offset + _LENGTH.size > end:
         raise MaifFormatError(offset, f"{name} section offset outside the file")
     (length,) = _LENGTH.unpack_from(data, offset)
     start = offset + _LENGTH.size
     if length > end - start:
         raise MaifFormatError(offset, f"{name} section length {length} runs past the end of the file")
+    return start, start + length
+
+
+def _json_section(data: bytes, offset: int, end: int, name: str) -> tuple[Any, int]:
+    start, stop = _section_bounds(data, offset, end, name)
     try:
-        value = json.loads(data[start : start + length].decode("utf-8"))
+        value = json.loads(data[start:stop].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MaifFormatError(start, f"{name} section is not valid JSON: {exc}") from exc
-    return value, start + length
+    return value, stop
 
 
-def decode_file(data: bytes) -> MaifFile:
-    """Parse and structurally check a MAIF file; raises ``MaifFormatError`` with the failing offset."""
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _is_json_list(text: str) -> bool:
+    """Whether ``text`` is a JSON list, as ``isinstance(json.loads(text), list)`` would say, but parsing
+    one entry at a time: a provenance section holds ~600 bytes of entries per block, which as Python
+    objects would cost more than the blocks themselves. Raises ``ValueError`` where ``json.loads`` would."""
+    decoder = json.JSONDecoder()
+    pos = _JSON_SPACE.match(text, 0).end()  # type: ignore[union-attr]  # matches the empty string
+    if not text.startswith("[", pos):
+        return isinstance(json.loads(text), list)  # anything else: json itself judges and names it
+    pos = _JSON_SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            _, pos = decoder.raw_decode(text, pos)
+            pos = _JSON_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            if text.startswith(",", pos):
+                pos = _JSON_SPACE.match(text, pos + 1).end()  # type: ignore[union-attr]
+                continue
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+    end = _JSON_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return True
+
+
+def _read_block(data: bytes, offset: int, footer_at: int) -> MaifBlock:
+    """The block whose header starts at ``offset``, structurally checked."""
+    if offset + BLOCK_HEADER_SIZE > footer_at:
+        raise MaifFormatError(offset, "block header runs past the end of the file")
+    bh = BlockHeader(*_BLOCK_HEADER.unpack_from(data, offset))
+    if bh.size < BLOCK_HEADER_SIZE + bh.metadata_size:
+        raise MaifFormatError(offset, f"block size {bh.size} smaller than header plus metadata")
+    if bh.size > footer_at - offset:
+        raise MaifFormatError(offset, f"block size {bh.size} runs past the end of the file")
+    if bh.reserved != b"\x00" * 8:
+        raise MaifFormatError(offset + 364, "reserved block header bytes are not zero")
+    data_start = offset + BLOCK_HEADER_SIZE
+    meta_start = offset + bh.size - bh.metadata_size
+    payload = data[data_start:meta_start]
+    meta_raw = data[meta_start : offset + bh.size]
+    metadata: dict[str, Any] | None = None
+    if bh.metadata_size:
+        try:
+            parsed = json.loads(meta_raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise MaifFormatError(meta_start, f"block metadata is not valid JSON: {exc}") from exc
+        if not isinstance(parsed, dict):
+            raise MaifFormatError(meta_start, "block metadata is not a JSON object")
+        metadata = parsed
+    return MaifBlock(offset, bh, payload, metadata, meta_raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedFile:
+    """A file whose structure ``scan_file`` checked, without its blocks or provenance in memory:
+    ``blocks()`` decodes them again, one at a time, from the same bytes."""
+
+    data: bytes
+    header: FileHeader
+    security: dict[str, Any]
+    checksum: bytes
+    size: int
+
+    def blocks(self) -> Iterator[MaifBlock]:
+        offset, footer_at = FILE_HEADER_SIZE, self.size - FOOTER_SIZE
+        for _ in range(self.header.block_count):
+            block = _read_block(self.data, offset, footer_at)
+            yield block
+            offset += block.header.size
+
+
+def _scan(data: bytes, keep: list[MaifBlock] | None) -> ScannedFile:
+    """Check everything ``decode_file`` checks, in the same order; blocks go to ``keep`` when given."""
     size = len(data)
     if size < FILE_HEADER_SIZE + FOOTER_SIZE:
         raise MaifFormatError(size, f"file of {size} bytes is shorter than header and footer")
@@ -415,38 +499,25 @@ def decode_file(data: bytes) -> MaifFile:
         raise MaifFormatError(footer_at + 44, "reserved footer bytes are not zero")
     if header.block_count > (footer_at - FILE_HEADER_SIZE) // BLOCK_HEADER_SIZE:
         raise MaifFormatError(_OFF_BLOCK_COUNT, f"block count {header.block_count} cannot fit in the file")
-    blocks: list[MaifBlock] = []
+    expected_index = bytearray()  # 24 bytes a block: what the index must hold
+    scanned = ScannedFile(data, header, {}, checksum, size)
     offset = FILE_HEADER_SIZE
-    for _ in range(header.block_count):
-        if offset + BLOCK_HEADER_SIZE > footer_at:
-            raise MaifFormatError(offset, "block header runs past the end of the file")
-        bh = BlockHeader(*_BLOCK_HEADER.unpack_from(data, offset))
-        if bh.size < BLOCK_HEADER_SIZE + bh.metadata_size:
-            raise MaifFormatError(offset, f"block size {bh.size} smaller than header plus metadata")
-        if bh.size > footer_at - offset:
-            raise MaifFormatError(offset, f"block size {bh.size} runs past the end of the file")
-        if bh.reserved != b"\x00" * 8:
-            raise MaifFormatError(offset + 364, "reserved block header bytes are not zero")
-        data_start = offset + BLOCK_HEADER_SIZE
-        meta_start = offset + bh.size - bh.metadata_size
-        payload = data[data_start:meta_start]
-        meta_raw = data[meta_start : offset + bh.size]
-        metadata: dict[str, Any] | None = None
-        if bh.metadata_size:
-            try:
-                parsed = json.loads(meta_raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-                raise MaifFormatError(meta_start, f"block metadata is not valid JSON: {exc}") from exc
-            if not isinstance(parsed, dict):
-                raise MaifFormatError(meta_start, "block metadata is not a JSON object")
-            metadata = parsed
-        blocks.append(MaifBlock(offset, bh, payload, metadata, meta_raw))
+    for block in scanned.blocks():
+        bh = block.header
+        expected_index += _INDEX_ENTRY.pack(block.offset, bh.size, bh.block_type, bh.flags)
+        if keep is not None:
+            keep.append(block)
         offset += bh.size
     if header.provenance_offset != offset:
         raise MaifFormatError(
             _OFF_PROVENANCE, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})"
         )
-    provenance, end = _json_section(data, header.provenance_offset, footer_at, "provenance")
+    prov_start, end = _section_bounds(data, header.provenance_offset, footer_at, "provenance")
+    try:
+        with memoryview(data) as view:  # decoded in place: the section is ~600 bytes a block
+            provenance_is_list = _is_json_list(str(view[prov_start:end], "utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MaifFormatError(prov_start, f"provenance section is not valid JSON: {exc}") from exc
     if header.security_offset != end:
         raise MaifFormatError(
             _OFF_SECURITY, f"security offset {header.security_offset} is not where provenance ends ({end})"
@@ -454,17 +525,36 @@ def decode_file(data: bytes) -> MaifFile:
     security, end = _json_section(data, header.security_offset, footer_at, "security")
     if not isinstance(security, dict):
         raise MaifFormatError(header.security_offset, "security section is not a JSON object")
-    if not isinstance(provenance, list):
+    if not provenance_is_list:
         raise MaifFormatError(header.provenance_offset, "provenance section is not a JSON list")
     if header.index_offset != end:
         raise MaifFormatError(_OFF_INDEX, f"index offset {header.index_offset} is not where security ends ({end})")
     if footer_at - end != INDEX_ENTRY_SIZE * header.block_count:
         raise MaifFormatError(end, f"block index is {footer_at - end} bytes, expected {INDEX_ENTRY_SIZE} per block")
-    index = tuple(_INDEX_ENTRY.unpack_from(data, end + i * INDEX_ENTRY_SIZE) for i in range(header.block_count))
-    for i, (entry, block) in enumerate(zip(index, blocks, strict=True)):
-        if entry != (block.offset, block.header.size, block.header.block_type, block.header.flags):
-            raise MaifFormatError(end + i * INDEX_ENTRY_SIZE, f"index entry {i} does not match block {i}")
-    return MaifFile(header, tuple(blocks), provenance, security, index, checksum, size)
+    if data[end:footer_at] != expected_index:
+        for i in range(header.block_count):
+            at = i * INDEX_ENTRY_SIZE
+            if data[end + at : end + at + INDEX_ENTRY_SIZE] != expected_index[at : at + INDEX_ENTRY_SIZE]:
+                raise MaifFormatError(end + at, f"index entry {i} does not match block {i}")
+    return replace(scanned, security=security)
+
+
+def scan_file(data: bytes) -> ScannedFile:
+    """Structurally check a MAIF file as ``decode_file`` does, keeping neither its blocks nor its
+    provenance: what verifying or importing a large file needs, at the cost of decoding blocks twice."""
+    return _scan(data, None)
+
+
+def decode_file(data: bytes) -> MaifFile:
+    """Parse and structurally check a MAIF file; raises ``MaifFormatError`` with the failing offset."""
+    blocks: list[MaifBlock] = []
+    scanned = _scan(data, blocks)
+    header = scanned.header
+    provenance, _ = _json_section(data, header.provenance_offset, scanned.size - FOOTER_SIZE, "provenance")
+    index = tuple(
+        _INDEX_ENTRY.unpack_from(data, header.index_offset + i * INDEX_ENTRY_SIZE) for i in range(header.block_count)
+    )
+    return MaifFile(header, tuple(blocks), provenance, scanned.security, index, scanned.checksum, scanned.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,16 +575,17 @@ def verify_file(
     and turned into a report, so callers get one shape of answer).
     """
     try:
-        parsed = decode_file(data)
+        scanned = scan_file(data)
     except MaifFormatError as exc:
         return FileVerification(False, 0, None, None, str(exc))
-    return verify_decoded(parsed, data, progress, every=every)
+    return verify_scanned(scanned, progress, every=every)
 
 
-def verify_decoded(
-    parsed: MaifFile, data: bytes, progress: Callable[[int, int], None] | None = None, *, every: int = 1000
+def verify_scanned(
+    parsed: ScannedFile, progress: Callable[[int, int], None] | None = None, *, every: int = 1000
 ) -> FileVerification:
-    """``verify_file`` for a file already decoded from ``data``: an import decodes once, not twice."""
+    """``verify_file`` for a file ``scan_file`` checked: its blocks are decoded and verified one at a
+    time, so only their content hashes (for the Merkle root) stay in memory."""
     algorithm = str(parsed.security.get("key_algorithm", ED25519))
     try:
         public_key = bytes.fromhex(str(parsed.security.get("public_key", "")))
@@ -503,8 +594,9 @@ def verify_decoded(
     if algorithm not in _MARKERS or not public_key:
         return FileVerification(False, 0, None, None, "security section has no usable public key")
     prev = b"\x00" * 32
-    total = len(parsed.blocks)
-    for i, block in enumerate(parsed.blocks):
+    total = parsed.header.block_count
+    hashes: list[bytes] = []
+    for i, block in enumerate(parsed.blocks()):
         bad: str | None = None
         raw_sig = unpad_signature(algorithm, block.header.signature)
         signable = block.header.signable() + block.data + metadata_bytes(block.metadata)
@@ -521,14 +613,15 @@ def verify_decoded(
         if bad is not None:
             return FileVerification(False, i, i, block.header.block_id.hex(), bad)
         prev = block.header.content_hash
+        hashes.append(prev)
         if progress is not None and (i + 1) % every == 0:
             progress(i + 1, total)
-    if merkle_root([b.header.content_hash for b in parsed.blocks]) != parsed.header.merkle_root:
+    if merkle_root(hashes) != parsed.header.merkle_root:
         return FileVerification(False, total, None, None, "Merkle root mismatch")
     raw_header_sig = unpad_signature(algorithm, parsed.header.file_signature)
     if raw_header_sig is None or not verify_signature(algorithm, public_key, parsed.header.signable(), raw_header_sig):
         return FileVerification(False, total, None, None, "file header signature does not verify")
-    with memoryview(data) as view:  # hashed in place: a slice would copy the whole file
+    with memoryview(parsed.data) as view:  # hashed in place: a slice would copy the whole file
         body_hash = hashlib.sha256(view[: parsed.size - FOOTER_SIZE]).digest()
     if body_hash != parsed.checksum:
         return FileVerification(False, total, None, None, "footer checksum mismatch")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,17 +34,18 @@ from daemon.store.maif_file import (
     FileIdentity,
     FileVerification,
     MaifBlock,
-    MaifFile,
     MaifWriter,
-    decode_file,
-    verify_decoded,
+    ScannedFile,
+    scan_file,
     verify_file,
+    verify_scanned,
 )
 from daemon.store.signing import ED25519, Signer
 
-# Blocks read from the log per step of an export.
+# Blocks read from the log per step of an export, and appended per transaction by an import.
 EXPORT_PAGE = 2000
-# Upper bound on a MAIF file we read (import and file verification): what import holds is ~3x its size.
+IMPORT_PAGE = 2000
+# Upper bound on a MAIF file we read (import and file verification), which is held in memory whole.
 MAX_FILE_BYTES = 2 * 1024 * 1024 * 1024
 
 Progress = Callable[[int, int], None]
@@ -78,11 +79,10 @@ def _verify_path(path: Path, progress: Progress | None) -> FileVerification:
     return verify_file(_read_bounded(path), progress)
 
 
-def _decode_and_verify(path: Path) -> tuple[MaifFile, FileVerification]:
-    """Decoded once and verified from that: the file, its blocks and nothing twice in memory."""
+def _scan_and_verify(path: Path) -> tuple[ScannedFile, FileVerification]:
     data = _read_bounded(path)
-    parsed = decode_file(data)  # MaifFormatError(offset) when malformed
-    return parsed, verify_decoded(parsed, data)
+    scanned = scan_file(data)  # MaifFormatError(offset) when malformed
+    return scanned, verify_scanned(scanned)
 
 
 async def export(
@@ -212,30 +212,66 @@ def _import_item(index: int, block: MaifBlock, signed_here: bool) -> BlockInput:
     return BlockInput(fourcc, block.data, metadata, block.header.block_id, block.header.timestamp, encrypt=False)
 
 
+def _check_items(scanned: ScannedFile, signed_here: bool) -> int:
+    """Every block of a verified file as the log would take it, before any is appended: a refusal
+    (``MaifFormatError`` at its offset) leaves the log untouched. Also refuses an id the file holds
+    twice, which would otherwise be taken once or fail a page depending on where the copies fall."""
+    seen: set[bytes] = set()
+    for i, block in enumerate(scanned.blocks()):
+        _import_item(i, block, signed_here)
+        if block.header.block_id in seen:
+            raise MaifFormatError(block.offset + 24, f"block {i} repeats block id {block.header.block_id.hex()}")
+        seen.add(block.header.block_id)
+    return len(seen)
+
+
+def _pages(scanned: ScannedFile, signed_here: bool) -> Iterator[tuple[list[BlockInput], dict[bytes, int]]]:
+    page: list[BlockInput] = []
+    flags: dict[bytes, int] = {}
+    for i, block in enumerate(scanned.blocks()):
+        page.append(_import_item(i, block, signed_here))
+        flags[block.header.block_id] = block.header.flags
+        if len(page) == IMPORT_PAGE:
+            yield page, flags
+            page, flags = [], {}
+    if page:
+        yield page, flags
+
+
 async def import_file(store: object, path: str | Path) -> ImportResult:
-    """Append a verified MAIF file's blocks to the log (keeping ids, types, times, metadata, payloads)."""
+    """Append a verified MAIF file's blocks to the log (keeping ids, types, times, metadata, payloads).
+
+    The whole file is verified and every block checked before the first is appended; blocks are then
+    appended ``IMPORT_PAGE`` at a time, so memory holds the file and one page, not its decoded blocks.
+    An import that stops halfway (crash, full disk) is completed by running it again: blocks whose id
+    the log already has are skipped.
+    """
     from daemon.store import Store  # noqa: PLC0415 - avoid a cycle
 
     if not isinstance(store, Store):
         raise TypeError("import_file needs a Store")
-    parsed, checked = await asyncio.to_thread(_decode_and_verify, Path(path))
+    scanned, checked = await asyncio.to_thread(_scan_and_verify, Path(path))
     if not checked.ok:
         raise VerificationError(checked.first_bad if checked.first_bad is not None else -1,
                                 f"{path}: {checked.reason}")
     ours = await store.db.read(lambda c: {bytes(k).hex() for (k,) in c.execute("SELECT public_key FROM signers")})
-    signed_here = str(parsed.security.get("public_key", "")).lower() in ours
-    items = [_import_item(i, block, signed_here) for i, block in enumerate(parsed.blocks)]
-    known = await store.blocks.known_ids([b.block_id for b in items if b.block_id is not None])
-    fresh = [b for b in items if b.block_id not in known]
-    flags = {b.header.block_id: b.header.flags for b in parsed.blocks}
-    if fresh:
-        await store.blocks.append_raw(fresh, flags)
+    signed_here = str(scanned.security.get("public_key", "")).lower() in ours
+    total = await asyncio.to_thread(_check_items, scanned, signed_here)
+    imported = 0
+    pages = _pages(scanned, signed_here)
+    while (item := await asyncio.to_thread(next, pages, None)) is not None:
+        page, flags = item
+        known = await store.blocks.known_ids([b.block_id for b in page if b.block_id is not None])
+        fresh = [b for b in page if b.block_id not in known]
+        if fresh:
+            await store.blocks.append_raw(fresh, flags)
+        imported += len(fresh)
     await store.audit.audit_append(
         "maif_import", "node", str(path),
-        {"file_id": parsed.header.file_id.hex(), "signer": str(parsed.security.get("public_key", "")),
-         "blocks": len(items), "imported": len(fresh)},
+        {"file_id": scanned.header.file_id.hex(), "signer": str(scanned.security.get("public_key", "")),
+         "blocks": total, "imported": imported},
     )
-    return ImportResult(len(items), len(fresh), len(items) - len(fresh))
+    return ImportResult(total, imported, total - imported)
 
 
 __all__ = ["ExportResult", "ImportResult", "StoreError", "export", "import_file", "verify", "verify_maif_file"]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import struct
 import uuid
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -19,8 +20,10 @@ from daemon.store.maif_file import (
     FOOTER_SIZE,
     BlockSpec,
     FileIdentity,
+    _is_json_list,
     decode_file,
     encode_file,
+    scan_file,
     verify_file,
 )
 from daemon.store.signing import Ed25519Signer
@@ -221,4 +224,51 @@ def test_header_offsets_in_errors_point_at_the_field() -> None:
     struct.pack_into(">Q", data, 128, 999_999)  # provenance_offset
     with pytest.raises(MaifFormatError) as info:
         decode_file(bytes(data))
+    assert info.value.offset == 128
+
+
+def _json_verdict(judge: Callable[[str], object], text: str) -> tuple[str, object]:
+    try:
+        return "value", judge(text)
+    except json.JSONDecodeError as exc:
+        return "error", (exc.msg, exc.pos)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(_JSON_VALUES, max_size=4) | _JSON_VALUES,
+    st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " :\t")]),
+    st.lists(st.tuples(st.integers(min_value=0), st.sampled_from(list('[]{},:" \t\nx0')), st.booleans()),
+             max_size=3),
+)
+def test_the_streamed_provenance_check_judges_lists_as_json_loads_does(
+    value: object, separators: tuple[str, str], edits: list[tuple[int, str, bool]]
+) -> None:
+    """The provenance section is checked entry by entry (``scan_file`` keeps no provenance); it must
+    accept, refuse and place its refusals exactly as ``json.loads`` on the whole text would."""
+    text = list(json.dumps(value, separators=separators))
+    for at, char, insert in edits:  # damage the text: a character put in, or one replaced
+        if insert:
+            text.insert(at % (len(text) + 1), char)
+        else:
+            text[at % len(text)] = char
+    joined = "".join(text)
+    assert _json_verdict(_is_json_list, joined) == _json_verdict(lambda t: isinstance(json.loads(t), list), joined)
+
+
+def test_scan_keeps_no_blocks_and_finds_what_decode_finds() -> None:
+    data = _file(4)
+    scanned = scan_file(data)
+    assert [b.data for b in scanned.blocks()] == [b.data for b in decode_file(data).blocks]
+    bad = bytearray(data)
+    struct.pack_into(">Q", bad, 128, 999_999)  # provenance_offset
+    with pytest.raises(MaifFormatError) as info:
+        scan_file(bytes(bad))
     assert info.value.offset == 128

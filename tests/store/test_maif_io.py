@@ -165,3 +165,49 @@ async def test_an_export_that_fails_midway_leaves_neither_the_file_nor_its_tempo
         await export(store, out)
     assert calls == 4
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+def _file_of(signer: Ed25519Signer, blocks: list[tuple[bytes, bytes, dict[str, object] | None]]) -> bytes:
+    specs = [BlockSpec("TEXT", 0, 1_700_000_000_000_000 + i, block_id, data, meta, {})
+             for i, (block_id, data, meta) in enumerate(blocks)]
+    return encode_file(specs, identity=_identity(signer), sign=signer.sign)
+
+
+async def test_an_import_appends_page_by_page_and_a_second_run_adds_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maif_io, "IMPORT_PAGE", 3)
+    blocks: list[tuple[bytes, bytes, dict[str, object] | None]] = [
+        (uuid.uuid4().bytes, f"reading {i}".encode(), {"i": i}) for i in range(10)
+    ]
+    path = tmp_path / "paged.maif"
+    path.write_bytes(_file_of(Ed25519Signer.generate(), blocks))
+    first = await import_file(store, path)
+    again = await import_file(store, path)
+    assert (first.blocks_in_file, first.imported, first.skipped_existing) == (10, 10, 0)
+    assert (again.blocks_in_file, again.imported, again.skipped_existing) == (10, 0, 10)
+    stored = await store.blocks.list_blocks()
+    assert [(b.block_id, b.payload, b.metadata_dict) for b in stored] == blocks
+    assert (await store.verify_blocks()).ok
+
+
+@pytest.mark.parametrize("fault", ["repeated id", "NaN in the last page"])
+async def test_a_refused_block_anywhere_in_the_file_leaves_the_log_untouched(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    monkeypatch.setattr(maif_io, "IMPORT_PAGE", 2)
+    blocks: list[tuple[bytes, bytes, dict[str, object] | None]] = [
+        (uuid.uuid4().bytes, bytes([i]), None) for i in range(7)
+    ]
+    if fault == "repeated id":
+        blocks[6] = (blocks[1][0], b"another payload", None)
+    else:
+        blocks[6] = (blocks[6][0], b"x", {"reading": float("nan")})
+    data = _file_of(Ed25519Signer.generate(), blocks)
+    offset = decode_file(data).blocks[6].offset
+    path = tmp_path / "refused.maif"
+    path.write_bytes(data)
+    with pytest.raises(MaifFormatError) as info:
+        await import_file(store, path)
+    assert offset <= info.value.offset < offset + BLOCK_HEADER_SIZE + 64
+    assert await store.blocks.count() == 0
