@@ -25,7 +25,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from daemon.store.errors import MaifFormatError
@@ -462,7 +462,7 @@ class ScannedFile:
     """A file whose structure ``scan_file`` checked, without its blocks or provenance in memory:
     ``blocks()`` decodes them again, one at a time, from the same bytes."""
 
-    data: bytes
+    data: bytes = field(repr=False)  # the whole file: never printed
     header: FileHeader
     security: dict[str, Any]
     checksum: bytes
