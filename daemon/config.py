@@ -104,7 +104,8 @@ class StoreConfig:
     """The local SQLite store."""
 
     embedder: str = field(default="none", metadata=_doc(
-        "Memory embeddings: `none` (callers supply vectors), `local` (optional extra), `http`.",
+        "Memory embeddings: `none` (callers supply vectors), `local` (all-MiniLM-L6-v2, 384 dimensions; the "
+        "`local-embeddings` extra, see install-and-operate.md), `http`.",
         choices=("none", "local", "http")))
     embedder_url: str = field(default="", metadata=_doc("OpenAI-compatible embeddings endpoint for `http`."))
     embedder_model: str = field(default="text-embedding-3-small", metadata=_doc("Model name sent to `http`."))

