@@ -607,7 +607,7 @@ class BlockLog:
         # The first range is walked here, in a thread of its own, while the worker processes start:
         # one process start (~16 ms) fewer before the last range is done.
         path, (first_lo, first_hi) = str(self._db.path), ranges[0]
-        tasks = [asyncio.ensure_future(asyncio.to_thread(walk_range, path, first_lo, first_hi, report_from_thread))]
+        tasks = [asyncio.ensure_future(asyncio.to_thread(_walk_here, path, first_lo, first_hi, report_from_thread))]
         tasks += [
             asyncio.ensure_future(self._run_worker(lo, hi, functools.partial(report, i)))
             for i, (lo, hi) in enumerate(ranges) if i > 0
@@ -662,6 +662,14 @@ class BlockLog:
         if proc.returncode != 0 or result is None:
             raise StoreError(f"verify worker failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
         return result
+
+
+def _walk_here(path: str, lo: int, hi: int, progress: Callable[[int], None]) -> dict[str, Any]:
+    """``walk_range`` in this process, failing as a worker process does: with a ``StoreError``."""
+    try:
+        return walk_range(path, lo, hi, progress)
+    except sqlite3.Error as exc:
+        raise StoreError(f"verification could not read {path}: {exc}") from exc
 
 
 _Checkpoints = dict[int, list[tuple[bytes, str, bytes]]]

@@ -390,3 +390,16 @@ async def test_appends_during_verification_do_not_fail_it(store: Store, workers:
     assert appended > 0
     assert all(r.ok for r in reports), reports
     assert (await store.verify_blocks()).ok
+
+
+async def test_parallel_verification_of_an_unreadable_file_is_a_store_error(
+    tmp_path: Path, signer: Ed25519Signer
+) -> None:
+    path = tmp_path / "moved.db"
+    async with Store(path, signer=signer, embedding_dim=4, ttl_sweep_s=0) as store:
+        await store.append_blocks([BlockInput("BINA", bytes([i])) for i in range(40)])
+        # The open connections keep working; whatever opens the file by name finds nothing there.
+        path.rename(tmp_path / "elsewhere.db")
+        with pytest.raises(StoreError):
+            await store.blocks.verify(workers=2, parallel_from=1)
+        (tmp_path / "elsewhere.db").rename(path)
