@@ -501,13 +501,13 @@ def _scan(data: bytes, keep: list[MaifBlock] | None) -> ScannedFile:
         raise MaifFormatError(_OFF_BLOCK_COUNT, f"block count {header.block_count} cannot fit in the file")
     expected_index = bytearray()  # 24 bytes a block: what the index must hold
     scanned = ScannedFile(data, header, {}, checksum, size)
-    offset = FILE_HEADER_SIZE
+    offset = FILE_HEADER_SIZE  # where the blocks end
     for block in scanned.blocks():
         bh = block.header
         expected_index += _INDEX_ENTRY.pack(block.offset, bh.size, bh.block_type, bh.flags)
         if keep is not None:
             keep.append(block)
-        offset += bh.size
+        offset = block.offset + bh.size
     if header.provenance_offset != offset:
         raise MaifFormatError(
             _OFF_PROVENANCE, f"provenance offset {header.provenance_offset} is not where blocks end ({offset})"
@@ -582,21 +582,21 @@ def verify_file(
 
 
 def verify_scanned(
-    parsed: ScannedFile, progress: Callable[[int, int], None] | None = None, *, every: int = 1000
+    scanned: ScannedFile, progress: Callable[[int, int], None] | None = None, *, every: int = 1000
 ) -> FileVerification:
     """``verify_file`` for a file ``scan_file`` checked: its blocks are decoded and verified one at a
     time, so only their content hashes (for the Merkle root) stay in memory."""
-    algorithm = str(parsed.security.get("key_algorithm", ED25519))
+    algorithm = str(scanned.security.get("key_algorithm", ED25519))
     try:
-        public_key = bytes.fromhex(str(parsed.security.get("public_key", "")))
+        public_key = bytes.fromhex(str(scanned.security.get("public_key", "")))
     except ValueError:
         public_key = b""
     if algorithm not in _MARKERS or not public_key:
         return FileVerification(False, 0, None, None, "security section has no usable public key")
     prev = b"\x00" * 32
-    total = parsed.header.block_count
+    total = scanned.header.block_count
     hashes: list[bytes] = []
-    for i, block in enumerate(parsed.blocks()):
+    for i, block in enumerate(scanned.blocks()):
         bad: str | None = None
         raw_sig = unpad_signature(algorithm, block.header.signature)
         signable = block.header.signable() + block.data + metadata_bytes(block.metadata)
@@ -616,14 +616,14 @@ def verify_scanned(
         hashes.append(prev)
         if progress is not None and (i + 1) % every == 0:
             progress(i + 1, total)
-    if merkle_root(hashes) != parsed.header.merkle_root:
+    if merkle_root(hashes) != scanned.header.merkle_root:
         return FileVerification(False, total, None, None, "Merkle root mismatch")
-    raw_header_sig = unpad_signature(algorithm, parsed.header.file_signature)
-    if raw_header_sig is None or not verify_signature(algorithm, public_key, parsed.header.signable(), raw_header_sig):
+    raw_header_sig = unpad_signature(algorithm, scanned.header.file_signature)
+    if raw_header_sig is None or not verify_signature(algorithm, public_key, scanned.header.signable(), raw_header_sig):
         return FileVerification(False, total, None, None, "file header signature does not verify")
-    with memoryview(parsed.data) as view:  # hashed in place: a slice would copy the whole file
-        body_hash = hashlib.sha256(view[: parsed.size - FOOTER_SIZE]).digest()
-    if body_hash != parsed.checksum:
+    with memoryview(scanned.data) as view:  # hashed in place: a slice would copy the whole file
+        body_hash = hashlib.sha256(view[: scanned.size - FOOTER_SIZE]).digest()
+    if body_hash != scanned.checksum:
         return FileVerification(False, total, None, None, "footer checksum mismatch")
     if progress is not None:
         progress(total, total)

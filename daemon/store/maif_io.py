@@ -139,9 +139,7 @@ async def export(
             await asyncio.to_thread(_write_page, writer, page)
             count += len(page)
             page = await page_after(page[-1].seq)
-        size = await asyncio.to_thread(_finish_file, writer, out)
-        out.close()
-        os.replace(tmp, path)
+        size = await asyncio.to_thread(_finish_file, writer, out, tmp, path)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -161,10 +159,13 @@ def _write_page(writer: MaifWriter, page: list[Block]) -> None:
         ))
 
 
-def _finish_file(writer: MaifWriter, out: BinaryIO) -> int:
+def _finish_file(writer: MaifWriter, out: BinaryIO, tmp: Path, path: Path) -> int:
+    """Complete the temporary file, make it durable and move it into place (on a worker thread)."""
     size = writer.finish()
     out.flush()
     os.fsync(out.fileno())
+    out.close()
+    os.replace(tmp, path)
     return size
 
 
